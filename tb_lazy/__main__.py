@@ -1,0 +1,5 @@
+import sys
+
+from tb_lazy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,148 @@
+"""Settings for a watch: flags beat ``TB_*`` environment variables, which beat defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 6006
+RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID", "MLX_RANK")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class UsageError(ValueError):
+    """Bad input from the user: reported as one line, exit status 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a watch needs, already validated."""
+
+    logdir: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    keep: bool = True
+    auto: bool = True
+    poll: float | None = None  # seconds between scans; None: inotify (polling only as a fallback)
+    timeout: float | None = None  # give up waiting for the first event file after this long
+    exit_with: int | None = None  # stop waiting (and, without keep, stop TensorBoard) when this PID ends
+
+
+def parse_bool(name: str, value: str) -> bool:
+    """Read a yes/no variable such as ``TB_KEEP=0``."""
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise UsageError(f"{name}={value!r} is not a yes/no value (use 1 or 0)")
+
+
+def parse_port(name: str, value: str | int) -> int:
+    """A TCP port number, 1-65535."""
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        raise UsageError(f"{name}={value!r} is not a port number (1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise UsageError(f"{name}={value!r} is out of range (1-65535)")
+    return port
+
+
+def parse_seconds(name: str, value: str | float) -> float:
+    """A positive duration in seconds."""
+    try:
+        seconds = float(str(value).strip())
+    except ValueError:
+        raise UsageError(f"{name}={value!r} is not a number of seconds") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise UsageError(f"{name}={value!r} must be a positive number of seconds")
+    return seconds
+
+
+def parse_pid(name: str, value: str | int) -> int:
+    """A process id, as given to ``--exit-with``."""
+    try:
+        pid = int(str(value).strip())
+    except ValueError:
+        raise UsageError(f"{name}={value!r} is not a process id") from None
+    if pid <= 0:
+        raise UsageError(f"{name}={value!r} is not a process id (must be > 0)")
+    return pid
+
+
+def check_logdir(logdir: str | os.PathLike[str]) -> Path:
+    """An absolute log folder that exists, or that could be created later.
+
+    Raises UsageError when the path names a file, or when a part of it is a file or
+    a folder we can't write in (so the folder can never appear).
+    """
+    if not str(logdir).strip():
+        raise UsageError("the log folder is empty; give a folder to watch")
+    path = Path(os.path.abspath(os.path.expanduser(os.fspath(logdir))))
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} is a file, not a folder")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{path} can't be created: {ancestor} is a file")
+    if ancestor != path and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"{path} can't be created: no write permission in {ancestor}")
+    return path
+
+
+def resolve(
+    logdir: str | os.PathLike[str],
+    *,
+    host: str | None = None,
+    port: int | str | None = None,
+    keep: bool | None = None,
+    poll: float | str | None = None,
+    timeout: float | str | None = None,
+    exit_with: int | str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge explicit options (``None`` = not given) with ``TB_*`` variables and defaults."""
+    env = os.environ if env is None else env
+    auto = parse_bool("TB_AUTO", env["TB_AUTO"]) if env.get("TB_AUTO", "").strip() else True
+    if host is None:
+        host = env.get("TB_HOST", "").strip() or DEFAULT_HOST
+    if port is None:
+        port = parse_port("TB_PORT", env["TB_PORT"]) if env.get("TB_PORT", "").strip() else DEFAULT_PORT
+    if keep is None:
+        keep = parse_bool("TB_KEEP", env["TB_KEEP"]) if env.get("TB_KEEP", "").strip() else True
+    return Settings(
+        logdir=check_logdir(logdir),
+        host=host.strip(),
+        port=parse_port("--port", port),
+        keep=keep,
+        auto=auto,
+        poll=None if poll is None else parse_seconds("--poll", poll),
+        timeout=None if timeout is None else parse_seconds("--timeout", timeout),
+        exit_with=None if exit_with is None else parse_pid("--exit-with", exit_with),
+    )
+
+
+def other_rank(env: Mapping[str, str] | None = None) -> str | None:
+    """In a distributed run, the ``NAME=value`` that says this is not rank 0; else None."""
+    env = os.environ if env is None else env
+    for name in RANK_VARIABLES:
+        value = env.get(name, "").strip()
+        if value and value != "0":
+            try:
+                if int(value) == 0:
+                    continue
+            except ValueError:
+                pass
+            return f"{name}={value}"
+    return None
+
+
+def is_public_host(host: str) -> bool:
+    """True when binding ``host`` exposes TensorBoard beyond this machine."""
+    return host in {"0.0.0.0", "::", "[::]", "*"}

@@ -1,0 +1,152 @@
+"""Wait for the first TensorBoard event file under a folder that may not exist yet.
+
+A watchdog observer does the waiting. While the log folder is missing we watch its
+nearest existing ancestor (not recursively: that could be a home folder) and move
+down as the folders on the way appear; once the log folder exists we watch it
+recursively. Every time a watch is placed we scan, place it, and scan again, so a
+file created in between is never missed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from tb_lazy.messages import warn
+
+_SLICE = 0.2  # seconds between checks of stop conditions while waiting
+
+
+def is_event_file(name: str | os.PathLike[str]) -> bool:
+    """TensorBoard's own rule: the file name contains ``tfevents``."""
+    return "tfevents" in os.path.basename(os.fspath(name))
+
+
+def find_event_file(root: Path) -> Path | None:
+    """The first event file found at any depth under ``root`` (None if none or no root)."""
+    stack = [os.fspath(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif is_event_file(entry.name) and entry.is_file():
+                            return Path(entry.path)
+                    except OSError:
+                        continue
+        except OSError:  # gone, not a folder, or unreadable: nothing to find there
+            continue
+    return None
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself if it is a folder, else its nearest ancestor that exists."""
+    while not path.is_dir() and path != path.parent:
+        path = path.parent
+    return path
+
+
+class _Handler(FileSystemEventHandler):
+    """Turns file-system events into two signals: an event file seen, or the layout changed."""
+
+    def __init__(self, logdir: Path, wake: threading.Event) -> None:
+        self._logdir = os.fspath(logdir)
+        self._wake = wake
+        self.found: Path | None = None
+        self.moved_on = False  # a folder on the way to (or the log folder itself) appeared or went
+
+    def _saw(self, path: str | bytes, is_directory: bool) -> None:
+        path = os.fsdecode(path)
+        if not is_directory and is_event_file(path):
+            if path == self._logdir or path.startswith(self._logdir + os.sep):
+                self.found = Path(path)
+                self._wake.set()
+        elif is_directory and (self._logdir + os.sep).startswith(path.rstrip(os.sep) + os.sep):
+            self.moved_on = True
+            self._wake.set()
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        self._saw(event.src_path, event.is_directory)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        self._saw(event.dest_path, event.is_directory)
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        if os.fsdecode(event.src_path) == self._logdir:
+            self.moved_on = True
+            self._wake.set()
+
+
+def make_observer(poll: float | None) -> BaseObserver:
+    """inotify (or the platform's native API) unless a polling interval is given."""
+    return PollingObserver(timeout=poll) if poll else Observer()
+
+
+def wait_for_event_file(
+    logdir: Path,
+    *,
+    poll: float | None = None,
+    timeout: float | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    observer_factory: Callable[[float | None], BaseObserver] = make_observer,
+) -> Path | None:
+    """Block until an event file exists under ``logdir``; return its path.
+
+    Returns None when ``timeout`` seconds pass or ``should_stop()`` turns true first
+    (checked several times a second). If the native observer can't be set up (inotify
+    watch or instance limit reached), falls back to polling once a second.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    wake = threading.Event()
+    handler = _Handler(logdir, wake)
+    observer = observer_factory(poll)
+    observer.start()
+    try:
+        while True:
+            anchor = nearest_existing(logdir)
+            recursive = anchor == logdir
+            if recursive and (found := find_event_file(logdir)):
+                return found
+            try:
+                watch = observer.schedule(handler, os.fspath(anchor), recursive=recursive)
+            except OSError as error:
+                if poll or error.errno not in (errno.ENOSPC, errno.EMFILE, errno.ENOMEM):
+                    raise
+                warn(f"can't watch {anchor} with inotify ({error.strerror or error}); polling every second")
+                observer.stop()
+                poll = 1.0
+                observer = observer_factory(poll)
+                observer.start()
+                continue
+            handler.moved_on = False
+            if recursive and (found := find_event_file(logdir)):
+                return found
+            if not recursive and nearest_existing(logdir) != anchor:
+                observer.unschedule(watch)
+                continue
+            while not (handler.found or handler.moved_on):
+                if should_stop():
+                    return None
+                remaining = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+                if remaining <= 0:
+                    return None
+                wake.wait(remaining)
+                wake.clear()
+            if handler.found:
+                return handler.found
+            observer.unschedule(watch)
+    finally:
+        observer.stop()
+        observer.join(timeout=5)

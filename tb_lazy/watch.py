@@ -1,0 +1,144 @@
+"""``watch``: wait for the first event file, then reuse or start TensorBoard.
+
+The library function behind ``python -m tb_lazy watch DIR``. Expected outcomes come
+back as values: ``Served`` (started or reused), ``Skipped`` (nothing to do, with the
+reason) or ``Failed`` (TensorBoard would not start). Bad input raises ``UsageError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from tb_lazy import registry
+from tb_lazy.config import Settings, UsageError, is_public_host, other_rank, resolve
+from tb_lazy.detect import wait_for_event_file
+from tb_lazy.launch import (
+    PORT_TRIES,
+    START_TIMEOUT,
+    Failed,
+    Served,
+    install_hint,
+    pid_alive,
+    port_is_free,
+    start_tensorboard,
+    stop_process,
+    tensorboard_command,
+)
+from tb_lazy.messages import warn
+
+_SLICE = 0.2  # seconds between checks while waiting on a process
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """Nothing was started, for ``reason``; ``warning`` if the user should act on it."""
+
+    reason: str
+    warning: bool = False
+
+
+Outcome = Served | Skipped | Failed
+
+
+def watch(
+    logdir: str | os.PathLike[str],
+    *,
+    host: str | None = None,
+    port: int | str | None = None,
+    keep: bool | None = None,
+    poll: float | str | None = None,
+    timeout: float | str | None = None,
+    exit_with: int | str | None = None,
+    stop: threading.Event | None = None,
+    on_served: Callable[[Served], None] | None = None,
+) -> Outcome:
+    """Wait for the first event file under ``logdir``, then serve it with TensorBoard.
+
+    Options left as None come from ``TB_HOST``/``TB_PORT``/``TB_KEEP``/``TB_AUTO``. The
+    wait ends early when ``exit_with`` (a PID) ends or ``stop`` is set. ``on_served`` is
+    called once TensorBoard answers HTTP. Without ``keep``, a TensorBoard we started is
+    stopped when ``exit_with`` ends or ``stop`` is set, and this call blocks until then.
+    """
+    settings = resolve(logdir, host=host, port=port, keep=keep, poll=poll, timeout=timeout, exit_with=exit_with)
+    stop = stop or threading.Event()
+    if not settings.auto:
+        return Skipped("TensorBoard auto-start is off (TB_AUTO=0)")
+    if rank := other_rank():
+        return Skipped(f"not rank 0 ({rank}): only rank 0 starts TensorBoard")
+    if tensorboard_command() is None:
+        return Skipped(f"TensorBoard is not installed; to get curves: {install_hint()}", warning=True)
+    try:
+        port_is_free(settings.host, settings.port)
+    except OSError as error:
+        raise UsageError(f"TB_HOST/--host {settings.host!r} can't be listened on: {error.strerror or error}") from None
+    if is_public_host(settings.host):
+        warn(f"TensorBoard will listen on {settings.host}: anyone who can reach this machine can read it (no auth)")
+
+    def ended() -> bool:
+        return stop.is_set() or (settings.exit_with is not None and not pid_alive(settings.exit_with))
+
+    found = wait_for_event_file(settings.logdir, poll=settings.poll, timeout=settings.timeout, should_stop=ended)
+    if found is None:
+        return Skipped(_why_not(settings, stop))
+    outcome = _reuse_or_launch(settings)
+    if isinstance(outcome, Served):
+        owned = not outcome.reused and not settings.keep
+        try:
+            if on_served:
+                on_served(outcome)
+            if owned:
+                _wait_then_stop(outcome.pid, ended)
+        except BaseException:
+            if owned:
+                _stop_ours(outcome.pid)
+            raise
+    return outcome
+
+
+def _why_not(settings: Settings, stop: threading.Event) -> str:
+    where = settings.logdir
+    if settings.exit_with is not None and not pid_alive(settings.exit_with):
+        return f"process {settings.exit_with} ended before any event file appeared under {where}; nothing started"
+    if stop.is_set():
+        return f"stopped before any event file appeared under {where}; nothing started"
+    return f"no event file under {where} after {settings.timeout:g}s; nothing started"
+
+
+def _reuse_or_launch(settings: Settings) -> Served | Failed:
+    """Under the launch lock: a live TensorBoard serving the folder, or a new one."""
+    with registry.launch_lock(timeout=START_TIMEOUT * PORT_TRIES + 30):
+        instance = registry.find_serving(settings.logdir)
+        if instance is not None:
+            return Served(
+                instance.url, instance.host, instance.port, instance.pid, instance.logdir, True, instance.log_file
+            )
+        log_file = registry.new_log_file(settings.port)
+        outcome = start_tensorboard(settings.logdir, host=settings.host, port=settings.port, log_file=log_file)
+        if isinstance(outcome, Served):
+            registry.add(
+                registry.Instance(
+                    pid=outcome.pid,
+                    host=outcome.host,
+                    port=outcome.port,
+                    logdir=outcome.logdir,
+                    started=time.time(),
+                    log_file=outcome.log_file,
+                )
+            )
+        return outcome
+
+
+def _wait_then_stop(pid: int, ended: Callable[[], bool]) -> None:
+    """Without keep: hold on until the run ends (or TensorBoard dies), then stop it."""
+    while not ended() and pid_alive(pid):
+        time.sleep(_SLICE)
+    _stop_ours(pid)
+
+
+def _stop_ours(pid: int) -> None:
+    stop_process(pid)
+    registry.remove(pid)
