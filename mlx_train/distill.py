@@ -134,8 +134,11 @@ output: one JSON object per line, appended and fsynced as each answer arrives:
   strip removes every think block (answers that are only thinking are dropped);
   keep leaves content as is and adds the server's separate thinking field as <think>..</think>.
 
+stdout: one line when done, "[distill] ready: N samples in PATH (target T, ...)";
+  progress, warnings and errors go to stderr.
+
 exit codes: 0 target reached (or prompts exhausted, with a warning); 1 every request failed,
-  or the teacher failed many times in a row; 2 bad usage or input, or another run holds the
+  or max(10, 2 x workers) prompts failed in a row; 2 bad usage or input, or another run holds the
   output file; 3 teacher unreachable / model not found / not that protocol (nothing written);
   130 interrupted (SIGINT); 143 terminated (SIGTERM). Signals stop new requests at once,
   drop the ones in flight and never leave a partial line.
@@ -391,8 +394,10 @@ class Teacher:
                 raise TeacherError(f"model {self.model!r} not found on {self.where}: {text}",
                                    kind="model_missing", status=404) from None
             if exc.code in (404, 405):
+                other = "openai" if self.api == "ollama" else "ollama"
                 raise TeacherError(f"{self.endpoint} answered HTTP {exc.code} ({text or exc.reason}): "
-                                   f"not an {self.api} API here?", kind="protocol", status=exc.code) from None
+                                   f"not an {self.api} API here? try --api {other}",
+                                   kind="protocol", status=exc.code) from None
             raise TeacherError(f"HTTP {exc.code} from {self.endpoint}: {text or exc.reason}",
                                kind="http", status=exc.code) from None
         except (TimeoutError, socket.timeout):
@@ -607,6 +612,8 @@ def _worker(teacher: Teacher, jobs: queue.Queue, results: queue.Queue, *, retrie
                 raise TeacherError("empty answer (after --think handling)", kind="empty")
             results.put(_Outcome(prompt, answer, None))
         except TeacherError as exc:
+            if exc.retryable and retries:
+                exc = TeacherError(f"{exc} (after {retries + 1} tries)", kind=exc.kind, status=exc.status)
             results.put(_Outcome(prompt, None, exc))
         except Exception as exc:  # never let a worker die silently with a job in flight
             results.put(_Outcome(prompt, None, TeacherError(repr(exc), kind="protocol")))
@@ -673,8 +680,7 @@ def generate(teacher: Teacher, prompts: Iterable[str], out: SampleFile, *, targe
                 failures += 1
                 failures_in_a_row += 1
                 last_error = str(outcome.error)
-                _err(f"[warn] prompt failed after {retries + 1} tries, skipped "
-                     f"(failures={failures}): {last_error}")
+                _err(f"[warn] prompt skipped (failures={failures}): {last_error}")
                 if failures_in_a_row >= give_up_after:
                     reason = "failing"
                     break
@@ -755,6 +761,8 @@ def run(cfg: DistillConfig, *, handle_signals: bool = True) -> int:
                  f"pull it with `ollama pull {cfg.model}`")
         elif exc.kind == "model_missing":
             _err(f"[error] {exc}; {teacher_hint(teacher)}")
+        elif exc.kind == "protocol":
+            _err(f"[error] teacher check failed for {teacher.where}: {exc}")
         else:
             _err(f"[error] teacher check failed for {teacher.where}: {exc}; {teacher_hint(teacher)}")
         return EXIT_TEACHER

@@ -130,6 +130,10 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = None
         problems = _check_shape(srv.api, self.path, body)
+        if problems and problems[0].startswith("path"):  # like a real server: unknown route
+            with srv.lock:
+                srv.bad.extend(problems)
+            return self._send(404, {"detail": "Not Found"})
         if problems:
             with srv.lock:
                 srv.bad.extend(problems)
@@ -336,7 +340,8 @@ def test_everything_failing_exits_1_with_last_error(tmp_path, teacher_factory, c
     assert out.read_bytes() == b""
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("[error] teacher keeps failing") and "HTTP 500" in err[-1]
-    assert sum(line.startswith("[warn] prompt failed") for line in err) == 10
+    assert sum(line.startswith("[warn] prompt skipped") for line in err) == 10
+    assert "(after 2 tries)" in err[-1]
     assert len(srv.requests) < 30                       # gave up, did not walk all 50 prompts
 
 
@@ -381,8 +386,9 @@ def test_wrong_protocol_is_one_line(tmp_path, teacher_factory, capsys):
     assert run_main("--api", "ollama", "--url", srv.url, "--out", str(out), "--total", "2") == 3
 
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "/api/chat" in lines[0]
+    assert len(lines) == 1 and "/api/chat" in lines[0] and "try --api openai" in lines[0]
     assert not out.exists()
+    assert srv.bad[0] == "path '/api/chat' != '/v1/chat/completions'"
 
 
 def test_second_writer_is_refused(tmp_path, teacher_factory, capsys):
