@@ -58,6 +58,10 @@ def _records_dir() -> Path:
     return state_dir() / "running"
 
 
+def _watchers_dir() -> Path:
+    return state_dir() / "watchers"
+
+
 def new_log_file(port: int) -> Path:
     """A fresh path for one TensorBoard's output."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -79,8 +83,8 @@ def remove(pid: int) -> None:
         (_records_dir() / f"{pid}.json").unlink()
 
 
-def _is_tensorboard(pid: int) -> bool:
-    """True if ``pid`` runs and is a TensorBoard (guards against a recycled PID)."""
+def _is_process(pid: int, marker: bytes) -> bool:
+    """True if ``pid`` runs with ``marker`` in its command line (guards against a recycled PID)."""
     if not pid_alive(pid):
         return False
     try:
@@ -89,7 +93,11 @@ def _is_tensorboard(pid: int) -> bool:
         return not Path("/proc/self").exists()  # gone, unless there is no /proc (macOS)
     except OSError:
         return True
-    return b"tensorboard" in cmdline
+    return marker in cmdline
+
+
+def _is_tensorboard(pid: int) -> bool:
+    return _is_process(pid, b"tensorboard")
 
 
 def _own_records() -> list[Instance]:
@@ -156,6 +164,46 @@ def find_serving(logdir: Path) -> Instance | None:
     for instance in running():
         if instance.serves(logdir) and answers(instance.host, instance.port):
             return instance
+    return None
+
+
+@contextlib.contextmanager
+def watching(logdir: Path) -> Iterator[None]:
+    """Announce, while the block runs, that this process watches ``logdir``."""
+    folder = _watchers_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{os.getpid()}.json"
+    tmp = folder / f".{os.getpid()}.json.tmp"
+    tmp.write_text(json.dumps({"pid": os.getpid(), "logdir": os.fspath(logdir)}), encoding="utf-8")
+    os.replace(tmp, path)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def wider_watch(logdir: Path) -> str | None:
+    """The log folder of another live watcher that watches an ancestor of ``logdir``, if any.
+
+    That watcher sees every event file we see, so it is the one to start TensorBoard:
+    on the wider folder, serving us too, instead of two TensorBoards side by side.
+    """
+    logdir = Path(os.path.realpath(logdir))
+    for path in sorted(_watchers_dir().glob("*.json")):
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            pid, theirs = int(entry["pid"]), Path(os.path.realpath(entry["logdir"]))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if pid == os.getpid():
+            continue
+        if not _is_process(pid, b"tb_lazy"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # a watcher killed without cleanup
+            continue
+        if theirs in logdir.parents:
+            return os.fspath(theirs)
     return None
 
 

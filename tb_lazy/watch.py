@@ -76,15 +76,16 @@ def watch(
     except OSError as error:
         raise UsageError(f"TB_HOST/--host {settings.host!r} can't be listened on: {error.strerror or error}") from None
     if is_public_host(settings.host):
-        warn(f"TensorBoard will listen on {settings.host}: anyone who can reach this machine can read it (no auth)")
+        warn(f"TensorBoard has no authentication: on {settings.host} anyone who can reach this machine can read it")
 
     def ended() -> bool:
         return stop.is_set() or (settings.exit_with is not None and not pid_alive(settings.exit_with))
 
-    found = wait_for_event_file(settings.logdir, poll=settings.poll, timeout=settings.timeout, should_stop=ended)
-    if found is None:
-        return Skipped(_why_not(settings, stop))
-    outcome = _reuse_or_launch(settings)
+    with registry.watching(settings.logdir):
+        found = wait_for_event_file(settings.logdir, poll=settings.poll, timeout=settings.timeout, should_stop=ended)
+        if found is None:
+            return Skipped(_why_not(settings, stop))
+        outcome = _reuse_or_launch(settings)
     if isinstance(outcome, Served):
         owned = not outcome.reused and not settings.keep
         try:
@@ -109,27 +110,41 @@ def _why_not(settings: Settings, stop: threading.Event) -> str:
 
 
 def _reuse_or_launch(settings: Settings) -> Served | Failed:
-    """Under the launch lock: a live TensorBoard serving the folder, or a new one."""
-    with registry.launch_lock(timeout=START_TIMEOUT * PORT_TRIES + 30):
-        instance = registry.find_serving(settings.logdir)
-        if instance is not None:
-            return Served(
-                instance.url, instance.host, instance.port, instance.pid, instance.logdir, True, instance.log_file
-            )
-        log_file = registry.new_log_file(settings.port)
-        outcome = start_tensorboard(settings.logdir, host=settings.host, port=settings.port, log_file=log_file)
-        if isinstance(outcome, Served):
-            registry.add(
-                registry.Instance(
-                    pid=outcome.pid,
-                    host=outcome.host,
-                    port=outcome.port,
-                    logdir=outcome.logdir,
-                    started=time.time(),
-                    log_file=outcome.log_file,
+    """A live TensorBoard serving the folder, or a new one, decided under the launch lock.
+
+    While another watcher watches a parent folder, it starts TensorBoard (for both of
+    us) and owns it; we wait for that and reuse it, launching ourselves only if it
+    doesn't come within the start timeout.
+    """
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        with registry.launch_lock(timeout=START_TIMEOUT * PORT_TRIES + 30):
+            instance = registry.find_serving(settings.logdir)
+            if instance is not None:
+                return Served(
+                    instance.url, instance.host, instance.port, instance.pid, instance.logdir, True, instance.log_file
                 )
+            if time.monotonic() > deadline or registry.wider_watch(settings.logdir) is None:
+                return _launch(settings)
+        time.sleep(_SLICE / 2)
+
+
+def _launch(settings: Settings) -> Served | Failed:
+    """Start TensorBoard for ``settings`` and record it (the caller holds the launch lock)."""
+    log_file = registry.new_log_file(settings.port)
+    outcome = start_tensorboard(settings.logdir, host=settings.host, port=settings.port, log_file=log_file)
+    if isinstance(outcome, Served):
+        registry.add(
+            registry.Instance(
+                pid=outcome.pid,
+                host=outcome.host,
+                port=outcome.port,
+                logdir=outcome.logdir,
+                started=time.time(),
+                log_file=outcome.log_file,
             )
-        return outcome
+        )
+    return outcome
 
 
 def _wait_then_stop(pid: int, ended: Callable[[], bool]) -> None:

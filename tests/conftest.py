@@ -1,0 +1,197 @@
+"""Shared fixtures: an isolated tb_lazy state, real watchers, real TensorBoards, and cleanup.
+
+Every test that may start TensorBoard uses ``tb_env``: tb_lazy's state folder and the
+temp folder (where TensorBoard writes its own info files) live under the test's
+tmp_path, so tests never see or reuse a TensorBoard running elsewhere on the machine.
+At teardown every process the test started is stopped by PID; a TensorBoard or
+watcher still running after that is a leak, and fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tb_lazy import registry
+from tb_lazy.config import RANK_VARIABLES
+from tb_lazy.launch import stop_process
+
+REPO = Path(__file__).resolve().parent.parent
+TB_VARIABLES = ("TB_AUTO", "TB_HOST", "TB_PORT", "TB_KEEP", "TB_LAZY_QUIET_REUSE", *RANK_VARIABLES)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """PIDs of live processes whose command line contains ``text`` (never ourselves)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def tensorboard_pids(under: Path) -> list[int]:
+    """Live TensorBoard server processes serving a folder under ``under``."""
+    return [pid for pid in pids_mentioning(str(under)) if _is_tensorboard_main(pid)]
+
+
+def _is_tensorboard_main(pid: int) -> bool:
+    try:
+        return b"tensorboard.main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def write_scalar(logdir: Path, tag: str = "train/loss", value: float = 1.5, step: int = 0) -> Path:
+    """Write one scalar with tensorboardX, as a trainer would; return the event file."""
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(str(logdir))
+    writer.add_scalar(tag, value, step)
+    writer.close()
+    return next(Path(logdir).glob("*tfevents*"))
+
+
+def get_json(url: str, timeout: float = 5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1):
+    """Poll ``predicate`` until it returns something truthy (returned) or time runs out (None)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
+class Proc:
+    """A child process whose stdout/stderr lines are collected by threads."""
+
+    def __init__(self, args: list[str], *, env: dict | None = None, cwd: Path | None = None, **popen) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            env=env, cwd=cwd, **popen,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout, True), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr, False), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _pump(self, stream, sink: list[str], announce: bool) -> None:
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+            if announce:
+                self._lines.put(line.rstrip("\n"))
+        if announce:
+            self._lines.put(None)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def next_line(self, timeout: float = 60.0) -> str | None:
+        """The next stdout line, or None if the process ended or time ran out."""
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def wait(self, timeout: float = 30.0) -> int:
+        code = self.proc.wait(timeout=timeout)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            stop_process(self.proc.pid, grace=10)
+        try:
+            self.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+class TbEnv:
+    """What a test needs to run watchers in isolation."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root = root
+        self.env = env
+        self.port = int(env["TB_PORT"])
+        self._procs: list[Proc] = []
+
+    def run(self, *args: str, env: dict[str, str] | None = None, **popen) -> Proc:
+        """Start ``python -m tb_lazy ARGS`` in the background."""
+        proc = Proc([sys.executable, "-m", "tb_lazy", *args], env={**self.env, **(env or {})}, **popen)
+        self._procs.append(proc)
+        return proc
+
+    def spawn(self, args: list[str], env: dict[str, str] | None = None, **popen) -> Proc:
+        """Start any helper process that teardown must stop."""
+        proc = Proc(args, env={**self.env, **(env or {})}, **popen)
+        self._procs.append(proc)
+        return proc
+
+    def cleanup(self) -> list[int]:
+        """Stop everything started here; return the PIDs that had leaked past that."""
+        for proc in self._procs:
+            proc.stop()
+        registry.stop(None)
+        leaked = [pid for pid in pids_mentioning(str(self.root)) if pid != os.getpid()]
+        for pid in leaked:
+            stop_process(pid, grace=5)
+        return leaked
+
+
+@pytest.fixture
+def tb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Isolated tb_lazy state and temp folder, a free preferred port, and leak checks."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    for name in TB_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TB_LAZY_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setenv("TB_PORT", str(free_port()))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # make tempfile read TMPDIR again
+    env = TbEnv(tmp_path, dict(os.environ))
+    try:
+        yield env
+    finally:
+        leaked = env.cleanup()
+    assert not leaked, f"processes left running after the test's own cleanup: {leaked}"
