@@ -8,6 +8,7 @@ second of this process ending, so nothing is orphaned even after a crash.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -79,6 +80,9 @@ class Board:
 
         A watcher that already saw an event file finishes starting TensorBoard first.
         """
+        if self._proc is not None and self.info is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=1.0)  # a watcher that has served is about to end by itself
         if self._proc is not None and self._proc.poll() is None:
             stop_process(self._proc.pid, grace=90.0)
         if self._reader is not None:
