@@ -105,7 +105,8 @@ def wait_for_event_file(
     """Block until an event file exists under ``logdir``; return its path.
 
     Returns None when ``timeout`` seconds pass or ``should_stop()`` turns true first
-    (checked several times a second). If the native observer can't be set up (inotify
+    (checked several times a second; a last scan then catches a file the events didn't
+    bring yet). If the native observer can't be set up (inotify
     watch or instance limit reached), falls back to polling once a second.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -137,8 +138,8 @@ def wait_for_event_file(
                 observer.unschedule(watch)
                 continue
             while not (handler.found or handler.moved_on):
-                if should_stop():
-                    return None
+                if should_stop():  # one last look: a run that logged just before ending still counts
+                    return find_event_file(logdir)
                 remaining = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
                 if remaining <= 0:
                     return None

@@ -85,6 +85,8 @@ def watch(
         found = wait_for_event_file(settings.logdir, poll=settings.poll, timeout=settings.timeout, should_stop=ended)
         if found is None:
             return Skipped(_why_not(settings, stop))
+        if not settings.keep and ended():  # it would be stopped again at once
+            return Skipped(f"the run ended as {found} appeared; TB_KEEP=0, so nothing started")
         outcome = _reuse_or_launch(settings)
     if isinstance(outcome, Served):
         owned = not outcome.reused and not settings.keep
