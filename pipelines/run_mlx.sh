@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Run series on MLX: pretrain -> SFT -> (DPO) -> (R1 reasoning SFT) -> inference sample,
+# with TensorBoard started lazily when the first stage writes its first event file.
+set -Eeuo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR
+source "$HERE/lib/common.sh"
+# shellcheck source-path=SCRIPTDIR
+source "$HERE/lib/tb_autostart.sh"
+
+usage() {
+  cat <<EOF
+Usage: ${0##*/} [options] [-- training args...]
+
+Chains the mlx_train stages: pretrain -> SFT -> DPO (opt-in) -> R1 (opt-in) -> inference.
+Arguments after -- go to every training stage (e.g. -- --preset small --max_steps 2000).
+
+Options:
+  --smoke-test      tiny model, a few steps, bundled data (about a minute on 2 cores)
+  --skip-pretrain   skip pretraining (SFT starts from \$OUT_DIR/pretrain if it holds a checkpoint)
+  --skip-sft        skip SFT
+  --run-dpo         run DPO after SFT (preference pairs, frozen reference model)
+  --run-r1          run R1 reasoning SFT (<think>...</think><answer>...</answer>)
+  --skip-infer      no inference sample at the end
+  --infer-only      no training: sample from the newest checkpoint under \$OUT_DIR
+  -h, --help        this text
+
+Environment (defaults in brackets):
+  SKIP_PRETRAIN, SKIP_SFT, RUN_DPO, RUN_R1   same as the flags, 1 = on [0]
+  TF_DIR     TensorBoard logs, one folder per stage [./tf_dir]; empty: no logs
+  OUT_DIR    checkpoints, one folder per stage [./out]
+  DATA_DIR   bundled data, generated on first use [./data]
+  PRETRAIN_DATA, SFT_DATA, DPO_DATA, R1_DATA   JSONL files [\$DATA_DIR/<stage>.jsonl]
+  INFER_PROMPT   prompt for the inference sample
+  PY         Python with the project installed [a .venv in the repo, set up on first run]
+
+TensorBoard auto-start ([tb] auto-start):
+  TB_AUTO    1: start TensorBoard when the first event file appears; 0: never [1]
+  TB_HOST    address TensorBoard listens on; 0.0.0.0 exposes it (no auth) [127.0.0.1]
+  TB_PORT    preferred port; a busy one is replaced by a free one [6006]
+  TB_KEEP    1: TensorBoard keeps running after the run; 0: stops with it [1]
+  A watcher waits for the first event file under \$TF_DIR; only then is TensorBoard
+  started, as 'tensorboard --logdir \$TF_DIR' (or an already running one reused), and
+  its URL printed once it answers. A run that trains nothing starts no TensorBoard.
+
+Exit status: 0 done, a failing stage's own status, 2 bad usage, 130 interrupted.
+EOF
+}
+
+SMOKE=0
+SKIP_INFER=0
+INFER_ONLY=0
+EXTRA=()
+
+parse_args() {
+  while (($#)); do
+    case $1 in
+      --smoke-test) SMOKE=1 ;;
+      --skip-pretrain) SKIP_PRETRAIN=1 ;;
+      --skip-sft) SKIP_SFT=1 ;;
+      --run-dpo) RUN_DPO=1 ;;
+      --run-r1) RUN_R1=1 ;;
+      --skip-infer) SKIP_INFER=1 ;;
+      --infer-only) INFER_ONLY=1 ;;
+      -h | --help)
+        usage
+        exit 0
+        ;;
+      --)
+        shift
+        EXTRA=("$@")
+        return 0
+        ;;
+      *)
+        err "unknown option: $1 (see --help)"
+        exit 2
+        ;;
+    esac
+    shift
+  done
+}
+
+is_on() { [[ "${1:-0}" =~ ^(1|true|yes|on)$ ]]; }
+
+settings() {
+  : "${SKIP_PRETRAIN:=0}" "${SKIP_SFT:=0}" "${RUN_DPO:=0}" "${RUN_R1:=0}"
+  TF_DIR=${TF_DIR-./tf_dir}
+  OUT_DIR=${OUT_DIR:-./out}
+  DATA_DIR=${DATA_DIR:-./data}
+  PRETRAIN_DATA=${PRETRAIN_DATA:-$DATA_DIR/pretrain.jsonl}
+  SFT_DATA=${SFT_DATA:-$DATA_DIR/sft.jsonl}
+  DPO_DATA=${DPO_DATA:-$DATA_DIR/dpo.jsonl}
+  R1_DATA=${R1_DATA:-$DATA_DIR/r1.jsonl}
+  INFER_PROMPT=${INFER_PROMPT:-What is 12 + 7?}
+  COMMON=()
+  if ((SMOKE)); then
+    COMMON=(--preset tiny --max_steps 40 --batch_size 8 --seq_len 128 --log_interval 5
+      --eval_interval 20 --save_interval 40 --warmup_steps 5)
+  fi
+}
+
+# Bundled data is generated once, deterministically, when a default path is missing.
+ensure_data() {
+  local f
+  for f in "$PRETRAIN_DATA" "$SFT_DATA" "$DPO_DATA" "$R1_DATA"; do
+    if [[ "$f" == "$DATA_DIR"/* && ! -f "$f" ]]; then
+      info "generating the bundled data in $DATA_DIR"
+      "$PY" -m mlx_train.data --out_dir "$DATA_DIR"
+      return 0
+    fi
+  done
+}
+
+# has_checkpoint DIR — true if DIR holds a finished step_* checkpoint.
+has_checkpoint() { compgen -G "$1/step_*/config.json" >/dev/null; }
+
+LAST_OUT=""
+
+# train STAGE TASK DATA [INIT_FROM] — one training stage; logs to $TF_DIR/STAGE.
+train() {
+  local stage=$1 task=$2 data=$3 init=${4:-}
+  local args=(--task "$task" --data_path "$data" --out_dir "$OUT_DIR/$stage")
+  [[ -n "$TF_DIR" ]] && args+=(--tensorboard_dir "$TF_DIR/$stage")
+  [[ -n "$init" ]] && args+=(--init_from "$init")
+  info "stage $stage: training ($task)"
+  "$PY" -m mlx_train.train "${args[@]}" "${COMMON[@]}" "${EXTRA[@]}"
+  LAST_OUT="$OUT_DIR/$stage"
+}
+
+# previous STAGE... — the first stage folder that holds a checkpoint (empty if none).
+previous() {
+  local stage
+  for stage in "$@"; do
+    if has_checkpoint "$OUT_DIR/$stage"; then
+      printf '%s' "$OUT_DIR/$stage"
+      return 0
+    fi
+  done
+}
+
+stage_pretrain() { train pretrain pretrain "$PRETRAIN_DATA"; }
+stage_sft() { train sft sft "$SFT_DATA" "$(previous pretrain)"; }
+stage_dpo() { train dpo dpo "$DPO_DATA" "$(previous sft pretrain)"; }
+stage_r1() { train r1 r1 "$R1_DATA" "$(previous dpo sft pretrain)"; }
+
+stage_infer() {
+  local checkpoint=${LAST_OUT:-$(previous r1 dpo sft pretrain)}
+  if [[ -z "$checkpoint" ]]; then
+    err "no checkpoint under $OUT_DIR to sample from; train a stage first"
+    return 1
+  fi
+  info "inference sample from $checkpoint"
+  "$PY" -m mlx_train.infer --checkpoint "$checkpoint" --prompt "$INFER_PROMPT" --chat
+}
+
+on_exit() { tb_autostart_finish; }
+
+main() {
+  parse_args "$@"
+  settings
+  trap on_exit EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  ensure_env
+  if ((INFER_ONLY)); then
+    stage_infer
+    return 0
+  fi
+  ensure_data
+  # [tb] auto-start: watch $TF_DIR; TensorBoard starts when the first event file appears.
+  [[ -n "$TF_DIR" ]] && tb_autostart "$TF_DIR"
+  is_on "$SKIP_PRETRAIN" || stage_pretrain
+  is_on "$SKIP_SFT" || stage_sft
+  is_on "$RUN_DPO" && stage_dpo
+  is_on "$RUN_R1" && stage_r1
+  ((SKIP_INFER)) || stage_infer
+}
+
+main "$@"
