@@ -1,0 +1,318 @@
+"""JSONL training data: validation (errors name file and line), token datasets per task, and
+the bundled-data command ``python -m mlx_train.data --out_dir DIR``.
+
+Formats (MiniMind style), one JSON object per line:
+    pretrain  {"text": "..."}
+    sft       {"conversations": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+    r1        like sft; every assistant turn is "<think>...</think><answer>...</answer>"
+    dpo       {"chosen": [messages], "rejected": [messages]}   (both end with an assistant turn)
+
+A file may still be growing (distillation appends while training runs): a last line without
+its newline is ignored when ``growing`` is set, and `JsonlSource.read_new` picks up only the
+complete lines added since the previous read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from mlx_train.tokenizer import Tok
+
+__all__ = ["ChatData", "DataError", "Dataset", "JsonlSource", "PackedText", "PairData",
+           "main", "make_dataset", "split_indices", "tokenizer_texts"]
+
+ROLES = ("system", "user", "assistant")
+R1_REPLY = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL)
+R1_TAG_WEIGHT = 10.0   # R1 stresses the reasoning tags in its loss (as MiniMind does)
+PAD_MULTIPLE = 32      # chat rows are padded to a multiple of this: few distinct shapes to compile
+VAL_EVERY = 20         # every 20th sample is held out for evaluation
+
+
+class DataError(ValueError):
+    """Malformed or insufficient data; the message names the file and line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# validation: one function per format, each returns the record or raises ValueError(reason)
+
+def _messages(value: Any, key: str, *, r1: bool = False) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f'"{key}" must be a non-empty list of messages, got {type(value).__name__}')
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
+            raise ValueError(f'"{key}"[{i}] must be {{"role": one of {"/".join(ROLES)}, '
+                             f'"content": str}}, got {json.dumps(m, ensure_ascii=False)[:80]}')
+        if r1 and m["role"] == "assistant" and not R1_REPLY.fullmatch(m["content"]):
+            raise ValueError(f'"{key}"[{i}] assistant content must be '
+                             f'"<think>...</think><answer>...</answer>", got {m["content"][:60]!r}')
+    if not any(m["role"] == "assistant" for m in value):
+        raise ValueError(f'"{key}" has no assistant message')
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def parse_pretrain(obj: Any) -> dict:
+    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"]:
+        raise ValueError(f'expected {{"text": non-empty string}}, got {_describe(obj)}')
+    return {"text": obj["text"]}
+
+
+def parse_sft(obj: Any, *, r1: bool = False) -> dict:
+    if not isinstance(obj, dict) or "conversations" not in obj:
+        raise ValueError(f'expected {{"conversations": [...]}}, got {_describe(obj)}')
+    return {"conversations": _messages(obj["conversations"], "conversations", r1=r1)}
+
+
+def parse_dpo(obj: Any) -> dict:
+    if not isinstance(obj, dict) or "chosen" not in obj or "rejected" not in obj:
+        raise ValueError(f'expected {{"chosen": [...], "rejected": [...]}}, got {_describe(obj)}')
+    pair = {k: _messages(obj[k], k) for k in ("chosen", "rejected")}
+    for k, msgs in pair.items():
+        if msgs[-1]["role"] != "assistant":
+            raise ValueError(f'"{k}" must end with an assistant message')
+    return pair
+
+
+PARSERS: dict[str, Callable[[Any], dict]] = {
+    "pretrain": parse_pretrain, "sft": parse_sft, "dpo": parse_dpo,
+    "r1": lambda obj: parse_sft(obj, r1=True)}
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, dict):
+        return f"an object with keys {sorted(obj)[:6]}"
+    return f"a JSON {type(obj).__name__}"
+
+
+class JsonlSource:
+    """A JSONL file read incrementally: each `read_new` returns the complete lines added since."""
+
+    def __init__(self, path: Path, task: str):
+        self.path, self.parse = Path(path), PARSERS[task]
+        self.offset = 0      # bytes consumed
+        self.line = 0        # lines consumed
+
+    def read_new(self, *, growing: bool = False) -> list[dict]:
+        """Parse the lines after the last read. Raises DataError naming file and line."""
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError as e:
+            raise DataError(f"{self.path}: cannot read ({e.strerror or e})") from None
+        records = []
+        pieces = chunk.split(b"\n")
+        tail = pieces.pop()              # b"" when the chunk ends with a newline
+        for raw in pieces:
+            self.line += 1
+            self.offset += len(raw) + 1
+            if raw.strip():
+                records.append(self._parse(raw, self.line))
+        if tail.strip():
+            try:
+                record = self._parse(tail, self.line + 1)
+            except DataError:
+                if not growing:
+                    raise
+            else:                        # a complete last line that merely lacks its newline
+                self.line += 1
+                self.offset += len(tail)
+                records.append(record)
+        return records
+
+    def _parse(self, raw: bytes, line: int) -> dict:
+        where = f"{self.path}:{line}"
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        try:
+            return self.parse(obj)
+        except ValueError as e:
+            raise DataError(f"{where}: {e}") from None
+
+
+def tokenizer_texts(task: str, records: Sequence[dict], render: Callable) -> list[str]:
+    """The strings a new tokenizer is trained on for ``task``'s records (``render``: chat
+    messages -> text)."""
+    if task == "pretrain":
+        return [r["text"] for r in records]
+    if task == "dpo":
+        return [render(r[k]) for r in records for k in ("chosen", "rejected")]
+    return [render(r["conversations"]) for r in records]
+
+
+# ---------------------------------------------------------------------------------------------
+# token datasets: extend(records) with new data, collate(indices) -> numpy batch
+#   tokens  (R, L+1) int32   rows to feed: inputs tokens[:, :-1], targets tokens[:, 1:]
+#   weights (R, L)   float32 loss weight per target (0 on padding and non-assistant tokens)
+
+class Dataset(Protocol):
+    example_prompt: list[int] | None
+
+    def __len__(self) -> int: ...
+    def extend(self, records: Sequence[dict]) -> None: ...
+    def collate(self, indices: Sequence[int]) -> dict[str, np.ndarray]: ...
+
+
+class PackedText:
+    """Pretraining: all texts joined by <|endoftext|> into one stream, cut in rows of seq_len+1."""
+
+    def __init__(self, tok: Tok, seq_len: int):
+        self.tok, self.seq_len = tok, seq_len
+        self.stream: list[int] = []
+        self.example_prompt: list[int] | None = None
+
+    def __len__(self) -> int:
+        return max(0, (len(self.stream) - 1) // self.seq_len)
+
+    def extend(self, records: Sequence[dict]) -> None:
+        for r in records:
+            ids = self.tok.encode(r["text"])
+            if self.example_prompt is None:
+                self.example_prompt = ids[:6]
+            self.stream += ids + [self.tok.endoftext_id]
+
+    def collate(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        T = self.seq_len
+        tokens = np.array([self.stream[i * T: i * T + T + 1] for i in indices], np.int32)  # (B, T+1)
+        return {"tokens": tokens, "weights": np.ones((len(indices), T), np.float32)}
+
+
+def _pad(rows: Sequence[tuple[list[int], list[float]]], *, pad_id: int,
+         seq_len: int) -> dict[str, np.ndarray]:
+    longest = max(len(ids) for ids, _ in rows) - 1
+    L = min(seq_len, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
+    tokens = np.full((len(rows), L + 1), pad_id, np.int32)              # (R, L+1)
+    weights = np.zeros((len(rows), L), np.float32)                      # (R, L)
+    for r, (ids, w) in enumerate(rows):
+        tokens[r, :len(ids)] = ids
+        weights[r, :len(ids) - 1] = w[1:]
+    return {"tokens": tokens, "weights": weights}
+
+
+class ChatData:
+    """SFT and R1: one conversation per row, loss only on assistant tokens.
+
+    ``tag_weight`` > 1 (R1) weighs the <think>/<answer> tag tokens more inside assistant turns.
+    """
+
+    def __init__(self, tok: Tok, seq_len: int, *, tag_weight: float = 1.0):
+        self.tok, self.seq_len, self.tag_weight = tok, seq_len, tag_weight
+        self.rows: list[tuple[list[int], list[float]]] = []
+        self.dropped = 0        # conversations whose assistant part lies beyond seq_len
+        self.example_prompt: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _row(self, messages: list[dict]) -> tuple[list[int], list[float]] | None:
+        ids, mask = self.tok.encode_chat(messages)
+        ids, mask = ids[:self.seq_len + 1], mask[:self.seq_len + 1]
+        if not any(mask[1:]):
+            return None
+        tags = set(self.tok.tag_ids)
+        w = [float(m) * (self.tag_weight if i in tags else 1.0) for i, m in zip(ids, mask)]
+        return ids, w
+
+    def extend(self, records: Sequence[dict]) -> None:
+        for r in records:
+            messages = r["conversations"]
+            if self.example_prompt is None:
+                last_user = max(i for i, m in enumerate(messages) if m["role"] == "user") \
+                    if any(m["role"] == "user" for m in messages) else 0
+                self.example_prompt = self.tok.encode(
+                    self.tok.render_chat(messages[:last_user + 1], add_generation_prompt=True))
+            row = self._row(messages)
+            if row is None:
+                self.dropped += 1
+            else:
+                self.rows.append(row)
+
+    def collate(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        return _pad([self.rows[i] for i in indices], pad_id=self.tok.pad_id, seq_len=self.seq_len)
+
+
+class PairData(ChatData):
+    """DPO: each sample is a (chosen, rejected) pair; a batch of B pairs has 2B rows,
+    the B chosen rows first."""
+
+    def __init__(self, tok: Tok, seq_len: int):
+        super().__init__(tok, seq_len)
+        self.pairs: list[tuple[tuple, tuple]] = []
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def extend(self, records: Sequence[dict]) -> None:
+        for r in records:
+            if self.example_prompt is None:
+                self.example_prompt = self.tok.encode(
+                    self.tok.render_chat(r["chosen"][:-1], add_generation_prompt=True))
+            chosen, rejected = self._row(r["chosen"]), self._row(r["rejected"])
+            if chosen is None or rejected is None:
+                self.dropped += 1
+            else:
+                self.pairs.append((chosen, rejected))
+
+    def collate(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        rows = [self.pairs[i][0] for i in indices] + [self.pairs[i][1] for i in indices]
+        return _pad(rows, pad_id=self.tok.pad_id, seq_len=self.seq_len)
+
+
+def make_dataset(task: str, tok: Tok, seq_len: int) -> Dataset:
+    """An empty dataset of the right kind for ``task``."""
+    if task == "pretrain":
+        return PackedText(tok, seq_len)
+    if task == "dpo":
+        return PairData(tok, seq_len)
+    return ChatData(tok, seq_len, tag_weight=R1_TAG_WEIGHT if task == "r1" else 1.0)
+
+
+def split_indices(n: int) -> tuple[list[int], list[int]]:
+    """Train and held-out sample indices; stable when the data grows (every 20th is held out)."""
+    val = [i for i in range(n) if i % VAL_EVERY == VAL_EVERY - 1]
+    train = [i for i in range(n) if i % VAL_EVERY != VAL_EVERY - 1]
+    return train, val
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m mlx_train.data --out_dir DIR
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the bundled bilingual data set (pretrain/sft/dpo/r1 JSONL) into --out_dir."""
+    from mlx_train.datagen import write_all
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mlx_train.data",
+        description="Write deterministic offline training data: pretrain.jsonl, sft.jsonl, "
+                    "dpo.jsonl and r1.jsonl.")
+    parser.add_argument("--out_dir", required=True, help="folder to write the JSONL files into")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply the number of samples per file (default 1.0)")
+    args = parser.parse_args(argv)
+    if args.scale <= 0:
+        parser.error(f"--scale={args.scale} must be positive")
+    try:
+        paths = write_all(Path(args.out_dir), seed=args.seed, scale=args.scale)
+    except OSError as e:
+        print(f"error: cannot write {args.out_dir}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    for task, path in paths.items():
+        lines = sum(1 for _ in path.open(encoding="utf-8"))
+        print(f"{task:9s} {path}  ({lines} lines, {path.stat().st_size / 1024:.0f} KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

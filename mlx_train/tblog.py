@@ -1,0 +1,76 @@
+"""TensorBoard logging with tensorboardX, created lazily.
+
+tensorboardX creates the event file when a SummaryWriter is constructed, so the writer is
+built at the first log step: a run that fails before logging leaves no event file, and the
+tb_lazy observer (which starts TensorBoard on the first event file) sees only real runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TBLogger", "autostart_tensorboard"]
+
+
+class TBLogger:
+    """Scalars and text into ``logdir`` (nothing at all when ``logdir`` is None)."""
+
+    def __init__(self, logdir: str | Path | None):
+        self.logdir = None if logdir is None else Path(logdir)
+        self._writer: Any = None
+
+    def _get(self) -> Any:
+        if self._writer is None and self.logdir is not None:
+            from tensorboardX import SummaryWriter
+            self._writer = SummaryWriter(logdir=str(self.logdir), flush_secs=30)
+        return self._writer
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Log ``values`` (tag -> number) at ``step`` and flush."""
+        writer = self._get()
+        if writer is None:
+            return
+        for tag, value in values.items():
+            writer.add_scalar(tag, value, step)
+        writer.flush()
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        """Log a text sample at ``step``."""
+        writer = self._get()
+        if writer is not None:
+            writer.add_text(tag, text, step)
+            writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the writer; safe to call twice."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> "TBLogger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def autostart_tensorboard(logdir: str | Path | None) -> Any:
+    """``tb_lazy.autostart(logdir)`` when logging and TB_AUTO is not "0"; else None.
+
+    Returns the handle (stop it at the end). Without tb_lazy installed, nothing happens and
+    nothing is printed.
+    """
+    if logdir is None or os.environ.get("TB_AUTO", "1").strip() == "0":
+        return None
+    try:
+        import tb_lazy
+        autostart = tb_lazy.autostart
+    except (ImportError, AttributeError):
+        return None
+    try:
+        return autostart(os.fspath(logdir))
+    except Exception as e:  # TensorBoard is a convenience: never let it stop training
+        print(f"[warn] TensorBoard auto-start failed: {e}", file=sys.stderr)
+        return None

@@ -1,0 +1,172 @@
+"""``python -m mlx_train.train --task pretrain|sft|dpo|r1 --data_path FILE ...``
+
+Order of work, so that nothing half-trains on bad data: resolve the config, read and validate
+every line of the data (an error names file and line, exit 2, before any tokenizer, checkpoint
+or event file is written), then tokenizer, model and optimizer, then the training loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from mlx_train.blas import reexec_with_fast_blas
+from mlx_train.checkpoint import (CheckpointError, find_checkpoint, list_checkpoints, load_config,
+                                  load_optimizer, load_trainer_state, load_weights, save_checkpoint)
+from mlx_train.config import TrainConfig, UsageError, model_dims, resolve_config
+from mlx_train.data import DataError, JsonlSource, make_dataset, split_indices, tokenizer_texts
+from mlx_train.tokenizer import Tok, render_chat, train_tokenizer
+
+__all__ = ["main", "prepare_tokenizer", "run"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT = 0, 1, 2, 130
+
+
+def prepare_tokenizer(cfg: TrainConfig, records: Sequence[dict], *, start: Path | None,
+                      report=print) -> Tok:
+    """The run's tokenizer: the starting checkpoint's, --tokenizer_dir, the one cached in
+    ``out_dir/tokenizer``, or a new one trained on ``records`` and cached there."""
+    if start is not None:
+        return Tok.load(start)
+    if cfg.tokenizer_dir:
+        return Tok.load(Path(cfg.tokenizer_dir))
+    cached = Path(cfg.out_dir) / "tokenizer"
+    if (cached / "tokenizer.json").is_file():
+        report(f"[{cfg.task}] tokenizer: reusing {cached}")
+        return Tok.load(cached)
+    vocab = model_dims(cfg)["vocab_size"]
+    tok = train_tokenizer(tokenizer_texts(cfg.task, records, render_chat),
+                          vocab_size=vocab, out_dir=cached, max_length=cfg.seq_len)
+    report(f"[{cfg.task}] tokenizer: trained {tok.vocab_size} tokens -> {cached}")
+    return tok
+
+
+def run(cfg: TrainConfig, *, report=print) -> Path | None:
+    """Run one training stage; returns the last checkpoint written."""
+    # ---- where we start from ----
+    resume_from = init_from = None
+    if cfg.resume:
+        found = list_checkpoints(Path(cfg.out_dir))
+        if found:
+            resume_from = found[-1]
+        else:
+            report(f"[{cfg.task}] --resume: no checkpoint in {cfg.out_dir} yet, starting fresh")
+    if cfg.init_from and resume_from is None:
+        init_from = find_checkpoint(cfg.init_from)
+
+    # ---- data: every line validated before anything is written ----
+    source = JsonlSource(Path(cfg.data_path), cfg.task)
+    records = source.read_new(growing=cfg.reload_data)
+    if not records:
+        raise DataError(f"{cfg.data_path}: no samples")
+    tok = prepare_tokenizer(cfg, records, start=resume_from or init_from, report=report)
+    data = make_dataset(cfg.task, tok, cfg.seq_len)
+    data.extend(records)
+    n_train = len(split_indices(len(data))[0])
+    if n_train < cfg.batch_size:
+        raise DataError(f"batch_size={cfg.batch_size} but only {n_train} training samples "
+                        f"in {cfg.data_path} (seq_len={cfg.seq_len}, {len(records)} lines)")
+    dropped = getattr(data, "dropped", 0)
+    if dropped:
+        report(f"[{cfg.task}] note: {dropped} samples skipped (no assistant tokens within "
+               f"seq_len={cfg.seq_len})")
+
+    # ---- model, optimizer, loss (MLX model code is imported only now: after the BLAS
+    # re-exec and after the data proved valid) ----
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    from mlx.utils import tree_map
+
+    from mlx_train.model import build_model, count_params, model_config, set_dtype
+    from mlx_train.stages import STAGES
+    from mlx_train.tblog import TBLogger, autostart_tensorboard
+    from mlx_train.trainer import Position, fit
+
+    mx.random.seed(cfg.seed)
+    state = load_trainer_state(resume_from) if resume_from else {}
+    start = resume_from or init_from
+    if start is not None:
+        mcfg = load_config(start)
+        if mcfg.get("vocab_size") != tok.vocab_size:
+            raise CheckpointError(f"{start}: model vocab_size={mcfg.get('vocab_size')} but its "
+                                  f"tokenizer has {tok.vocab_size} tokens")
+        mcfg["max_position_embeddings"] = max(mcfg.get("max_position_embeddings") or 0, cfg.seq_len)
+    else:
+        mcfg = model_config(model_dims(cfg), vocab_size=tok.vocab_size, max_len=cfg.seq_len,
+                            eos_token_ids=[tok.eos_id, tok.endoftext_id], dtype=cfg.dtype)
+    mcfg["torch_dtype"] = cfg.dtype
+    model = build_model(mcfg, dtype=cfg.dtype)
+
+    # The run's starting weights: --init_from, or on resume the run's original init_from
+    # (DPO's frozen reference is a copy of them; a run from scratch re-creates them by seed).
+    base = init_from or (Path(state["init_from"]) if state.get("init_from") else None)
+    stage = STAGES[cfg.task]
+    if base is not None and (init_from is not None or stage.needs_reference):
+        load_weights(model, base)
+        set_dtype(model, cfg.dtype)
+    reference = None
+    if stage.needs_reference:
+        reference = build_model(mcfg, dtype=cfg.dtype)
+        reference.update(tree_map(lambda p: p, model.parameters()))
+        reference.freeze()
+    if resume_from is not None:
+        load_weights(model, resume_from)
+        set_dtype(model, cfg.dtype)
+
+    optimizer = optim.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer.init(model.trainable_parameters())
+    pos = Position()
+    if resume_from is not None:
+        load_optimizer(optimizer, model, resume_from)
+        pos = Position(**{k: int(state[k]) for k in asdict(pos)})
+    loss_fn = stage.make_loss(reference, cfg.beta)
+
+    dims = f"hidden={mcfg['hidden_size']} layers={mcfg['num_hidden_layers']} " \
+           f"heads={mcfg['num_attention_heads']} vocab={mcfg['vocab_size']}"
+    origin = f"resuming {resume_from} at step {pos.step}" if resume_from else \
+        f"from {init_from}" if init_from else f"from scratch (preset {cfg.preset})"
+    report(f"[{cfg.task}] model {count_params(model) / 1e6:.2f}M params ({dims}), "
+           f"{len(data)} samples, {origin}")
+
+    last: list[Path] = []
+
+    def save(p: Position) -> Path:
+        last.append(save_checkpoint(
+            Path(cfg.out_dir), step=p.step, model=model, model_cfg=mcfg, tok=tok,
+            optimizer=optimizer, trainer_state={**asdict(p), "init_from": str(base) if base else None},
+            train_cfg=cfg, keep_last=cfg.keep_last))
+        return last[-1]
+
+    frozen = [reference.state] if reference is not None else []
+    with TBLogger(cfg.tensorboard_dir) as log, contextlib.ExitStack() as cleanup:
+        board = autostart_tensorboard(cfg.tensorboard_dir)   # before the first log step
+        if board is not None:
+            cleanup.callback(board.stop)
+        fit(model=model, optimizer=optimizer, loss_fn=loss_fn, data=data, source=source,
+            tok=tok, cfg=cfg, pos=pos, log=log, save=save, frozen=frozen, report=report)
+    return last[-1] if last else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code."""
+    try:
+        cfg = resolve_config(argv)
+        run(cfg)
+    except (UsageError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_SIGINT
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    reexec_with_fast_blas("mlx_train.train", sys.argv[1:])
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The training loop shared by every stage: a compiled MLX step (model, optimizer and RNG
+state; gradient accumulation and clipping; one ``mx.eval`` per step; host sync only when
+logging), warm-up + cosine learning rate, evaluation with a text sample, checkpoints.
+
+A stage is the loss it passes in and the dataset it batches from; this loop never asks which
+stage it runs."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_map
+
+from mlx_train.config import TrainConfig
+from mlx_train.data import Dataset, DataError, JsonlSource, split_indices
+from mlx_train.stages import LossFn
+from mlx_train.tblog import TBLogger
+from mlx_train.tokenizer import Tok
+
+__all__ = ["Position", "evaluate", "fit", "generate_sample", "get_lr", "make_step",
+           "micro_batches", "steps_per_epoch"]
+
+
+@dataclass
+class Position:
+    """Where training is: what --resume restores."""
+
+    step: int = 0             # optimizer steps done
+    epoch: int = 0            # current epoch
+    batch: int = 0            # micro-batches of this epoch already consumed
+    epoch_samples: int = 0    # dataset size this epoch's order was drawn from
+
+
+def get_lr(step: int, *, peak: float, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to ``peak``, then cosine decay to ``peak * min_ratio`` at ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / (warmup + 1)
+    if step >= total:
+        return peak * min_ratio
+    progress = (step - warmup) / max(1, total - warmup)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))            # 1 -> 0
+    return peak * (min_ratio + coeff * (1.0 - min_ratio))
+
+
+def steps_per_epoch(n_samples: int, *, batch_size: int, accum_steps: int) -> int:
+    """Optimizer steps one epoch over ``n_samples`` gives (held-out samples excluded)."""
+    n_train = len(split_indices(n_samples)[0])
+    return (n_train // batch_size) // accum_steps
+
+
+def _order(n_samples: int, *, seed: int, epoch: int) -> list[int]:
+    train, _ = split_indices(n_samples)
+    perm = np.random.default_rng([seed, epoch]).permutation(len(train))
+    return [train[i] for i in perm]
+
+
+def micro_batches(data: Dataset, source: JsonlSource | None, pos: Position, *,
+                  batch_size: int, seed: int, reload: bool) -> Iterator[dict[str, np.ndarray]]:
+    """Shuffled micro-batches forever, epoch after epoch, advancing ``pos`` as they are taken.
+
+    With ``reload``, new complete lines of the source file join at each epoch boundary.
+    """
+    while True:
+        if pos.batch == 0:
+            if reload and source is not None:
+                data.extend(source.read_new(growing=True))
+            pos.epoch_samples = len(data)
+        order = _order(pos.epoch_samples, seed=seed, epoch=pos.epoch)
+        n_batches = len(order) // batch_size
+        if n_batches == 0:
+            raise DataError(f"batch_size={batch_size} but only {len(order)} training samples")
+        while pos.batch < n_batches:
+            b = pos.batch
+            pos.batch += 1
+            yield data.collate(order[b * batch_size:(b + 1) * batch_size])
+        pos.epoch, pos.batch = pos.epoch + 1, 0
+
+
+def make_step(model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, *,
+              accum_steps: int, grad_clip: float, frozen: Sequence[Any] = ()) -> Callable:
+    """The compiled training step ``step(batch, grad_acc, update) -> (loss, ntoks, metrics,
+    grad_norm, grad_acc)``; ``frozen`` are extra read-only states (the DPO reference model)."""
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    state = [model.state, optimizer.state, mx.random.state]
+    clip = grad_clip if grad_clip > 0 else float("inf")
+
+    @partial(mx.compile, inputs=[*state, *frozen], outputs=state)
+    def step(batch: dict[str, mx.array], grad_acc: Any, update: bool):
+        (loss, ntoks, metrics), grad = loss_and_grad(model, batch)
+        if grad_acc is not None:
+            grad = tree_map(lambda g, a: g + a, grad, grad_acc)
+        if not update:
+            return loss, ntoks, metrics, mx.array(0.0), grad
+        if accum_steps > 1:
+            grad = tree_map(lambda g: g / accum_steps, grad)
+        grad, norm = optim.clip_grad_norm(grad, clip)
+        optimizer.update(model, grad)
+        return loss, ntoks, metrics, norm, None
+
+    return step
+
+
+def evaluate(model: nn.Module, loss_fn: LossFn, data: Dataset, *, batch_size: int,
+             num_batches: int) -> dict[str, float]:
+    """Mean loss (and perplexity) over up to ``num_batches`` held-out micro-batches.
+
+    Uses training samples when the data is too small to hold out a batch."""
+    train, val = split_indices(len(data))
+    pool = val if len(val) >= batch_size else train
+    total, count, nll = 0.0, 0.0, 0.0
+    for b in range(min(num_batches, len(pool) // batch_size)):
+        batch = {k: mx.array(v) for k, v in data.collate(pool[b * batch_size:(b + 1) * batch_size]).items()}
+        loss, ntoks, metrics = loss_fn(model, batch)
+        mx.eval(loss, ntoks, metrics)
+        n = ntoks.item()
+        total += loss.item() * n
+        nll += metrics["dpo/chosen_nll"].item() * n if "dpo/chosen_nll" in metrics else 0.0
+        count += n
+    if count == 0:
+        return {}
+    loss = total / count
+    ppl_of = nll / count if nll else loss          # DPO: perplexity of the chosen answers
+    return {"eval/loss": loss, "eval/ppl": math.exp(min(ppl_of, 50.0))}
+
+
+def generate_sample(model: nn.Module, tok: Tok, prompt: Sequence[int], *, max_tokens: int) -> str:
+    """Greedy continuation of ``prompt`` (KV cache via mlx_lm), as prompt + completion text."""
+    from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_sampler
+
+    stop = {tok.eos_id, tok.endoftext_id}
+    out: list[int] = []
+    if max_tokens > 0 and prompt:
+        for token, _ in generate_step(mx.array(list(prompt)), model, max_tokens=max_tokens,
+                                      sampler=make_sampler(temp=0.0)):
+            token = int(token)
+            if token in stop:
+                break
+            out.append(token)
+    return f"{tok.decode(prompt)}{tok.decode(out)}"
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: Dataset,
+        source: JsonlSource | None, tok: Tok, cfg: TrainConfig, pos: Position, log: TBLogger,
+        save: Callable[[Position], Path], frozen: Sequence[Any] = (),
+        report: Callable[[str], None] = print) -> Position:
+    """Train until ``cfg.max_steps`` (or ``cfg.epochs``) optimizer steps are done."""
+    B, accum = cfg.batch_size, cfg.accum_steps
+
+    def total_steps() -> int:
+        if cfg.max_steps > 0:
+            return cfg.max_steps
+        done_epochs = pos.epoch + (pos.batch > 0)
+        per_epoch = steps_per_epoch(len(data), batch_size=B, accum_steps=accum)
+        return pos.step + max(0, cfg.epochs - done_epochs) * per_epoch + \
+            (per_epoch - pos.batch // accum if pos.batch > 0 else 0)
+
+    total = total_steps()
+    if total <= pos.step:
+        report(f"[{cfg.task}] nothing to do: step {pos.step} of {total}")
+        return pos
+    step = make_step(model, optimizer, loss_fn, accum_steps=accum, grad_clip=cfg.grad_clip,
+                     frozen=frozen)
+    state = [model.state, optimizer.state, mx.random.state]
+    batches = micro_batches(data, source, pos, batch_size=B, seed=cfg.seed, reload=cfg.reload_data)
+    lr_of = partial(get_lr, peak=cfg.learning_rate, warmup=cfg.warmup_steps,
+                    min_ratio=cfg.min_lr_ratio)
+
+    win_loss, win_metrics, win_micro, win_tokens = mx.array(0.0), {}, 0, 0
+    win_start = time.perf_counter()
+    epoch_before = pos.epoch
+    model.train()
+    while pos.step < total:
+        # ---- one optimizer step: accum micro-batches, the last one updates ----
+        lr = lr_of(pos.step, total=total)
+        optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
+        grad_acc = None
+        for micro in range(accum):
+            batch = {k: mx.array(v) for k, v in next(batches).items()}
+            win_tokens += batch["tokens"].shape[0] * (batch["tokens"].shape[1] - 1)
+            loss, _, metrics, grad_norm, grad_acc = step(batch, grad_acc, micro == accum - 1)
+            win_loss = win_loss + loss
+            win_metrics = {k: win_metrics.get(k, 0.0) + v for k, v in metrics.items()}
+            win_micro += 1
+            mx.eval(state, win_loss, win_metrics, grad_norm, grad_acc)
+        pos.step += 1
+        if cfg.max_steps == 0 and pos.epoch != epoch_before:    # data may have grown
+            total, epoch_before = max(total_steps(), pos.step), pos.epoch
+        last = pos.step >= total
+
+        # ---- log ----
+        if pos.step % cfg.log_interval == 0 or last:
+            elapsed = time.perf_counter() - win_start
+            values = {"train/loss": win_loss.item() / win_micro, "train/lr": lr,
+                      "train/grad_norm": grad_norm.item(),
+                      "train/tokens_per_sec": win_tokens / max(elapsed, 1e-9)}
+            values.update({k: v.item() / win_micro for k, v in win_metrics.items()})
+            log.scalars(pos.step, values)
+            steps_in_window = win_micro / accum
+            eta = (total - pos.step) * elapsed / max(steps_in_window, 1e-9)
+            extra = "".join(f" | {k.split('/')[-1]} {v:.3f}" for k, v in values.items()
+                            if k.startswith("dpo/"))
+            report(f"[{cfg.task}] step {pos.step}/{total} | loss {values['train/loss']:.4f}{extra}"
+                   f" | lr {lr:.2e} | grad {values['train/grad_norm']:.2f}"
+                   f" | {values['train/tokens_per_sec']:,.0f} tok/s | ETA {_fmt_time(eta)}")
+            win_loss, win_metrics, win_micro, win_tokens = mx.array(0.0), {}, 0, 0
+            win_start = time.perf_counter()
+
+        # ---- evaluate, with a generated text sample ----
+        if pos.step % cfg.eval_interval == 0 or last:
+            tic = time.perf_counter()
+            model.eval()
+            values = evaluate(model, loss_fn, data, batch_size=B, num_batches=cfg.eval_batches)
+            if values:
+                log.scalars(pos.step, values)
+            if data.example_prompt:
+                sample = generate_sample(model, tok, data.example_prompt,
+                                         max_tokens=cfg.sample_tokens)
+                log.text("sample", sample, pos.step)
+            model.train()
+            if values:
+                report(f"[{cfg.task}] eval step {pos.step} | loss {values['eval/loss']:.4f}"
+                       f" | ppl {values['eval/ppl']:.2f}")
+            win_start += time.perf_counter() - tic   # don't count eval time as training
+
+        # ---- checkpoint ----
+        if pos.step % cfg.save_interval == 0 or last:
+            tic = time.perf_counter()
+            path = save(pos)
+            report(f"[{cfg.task}] saved {path}")
+            win_start += time.perf_counter() - tic
+    return pos
