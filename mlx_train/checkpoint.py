@@ -1,6 +1,7 @@
 """Checkpoints: ``out_dir/step_XXXXXXX/`` in mlx-lm's layout (config.json, model.safetensors,
 tokenizer files with the chat template) plus what ``--resume`` needs (optimizer.safetensors,
-trainer_state.json) and the resolved train_config.json.
+trainer_state.json; the MLX RNG is re-seeded from
+(seed, step) at every save and resume, so it needs no saving) and the resolved train_config.json.
 
 Saves are atomic: everything is written into a hidden temporary folder that is renamed into
 place, so an interrupted save never leaves a half checkpoint for --init_from to pick."""
@@ -75,8 +76,7 @@ def save_checkpoint(out_dir: Path, *, step: int, model: nn.Module, model_cfg: di
         (tmp / "config.json").write_text(json.dumps(model_cfg, indent=2) + "\n", encoding="utf-8")
         tok.save(tmp, max_length=model_cfg.get("max_position_embeddings", 2048))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-        state = dict(trainer_state, step=step,
-                     rng=[int(x) for x in mx.random.state[0].tolist()])
+        state = dict(trainer_state, step=step)
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         save_config(train_cfg, tmp / "train_config.json")
         if final.exists():                       # re-saving a step: swap, then drop the old one
@@ -116,11 +116,8 @@ def load_optimizer(optimizer: optim.Optimizer, model: nn.Module, ckpt: Path) -> 
 
 
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
-    """Step, data position and RNG of a checkpoint; restores the MLX RNG key."""
+    """Step, data position and starting weights of a checkpoint's run."""
     path = Path(ckpt) / "trainer_state.json"
     if not path.is_file():
         raise CheckpointError(f"{ckpt} has no trainer_state.json: it can't be resumed")
-    state = json.loads(path.read_text(encoding="utf-8"))
-    if "rng" in state:
-        mx.random.state[0] = mx.array(state["rng"], dtype=mx.uint32)
-    return state
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -44,6 +44,10 @@ def prepare_tokenizer(cfg: TrainConfig, records: Sequence[dict], *, start: Path 
     return tok
 
 
+def _rng_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % 2**32
+
+
 def run(cfg: TrainConfig, *, report=print) -> Path | None:
     """Run one training stage; returns the last checkpoint written."""
     # ---- where we start from ----
@@ -122,6 +126,7 @@ def run(cfg: TrainConfig, *, report=print) -> Path | None:
     if resume_from is not None:
         load_optimizer(optimizer, model, resume_from)
         pos = Position(**{k: int(state[k]) for k in asdict(pos)})
+        mx.random.seed(_rng_seed(cfg.seed, pos.step))
     loss_fn = stage.make_loss(reference, cfg.beta)
 
     dims = f"hidden={mcfg['hidden_size']} layers={mcfg['num_hidden_layers']} " \
@@ -138,6 +143,7 @@ def run(cfg: TrainConfig, *, report=print) -> Path | None:
             Path(cfg.out_dir), step=p.step, model=model, model_cfg=mcfg, tok=tok,
             optimizer=optimizer, trainer_state={**asdict(p), "init_from": str(base) if base else None},
             train_cfg=cfg, keep_last=cfg.keep_last))
+        mx.random.seed(_rng_seed(cfg.seed, p.step))   # a resumed run continues the same stream
         return last[-1]
 
     frozen = [reference.state] if reference is not None else []

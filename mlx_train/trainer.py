@@ -231,7 +231,7 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
             if data.example_prompt:
                 sample = generate_sample(model, tok, data.example_prompt,
                                          max_tokens=cfg.sample_tokens)
-                log.text("sample", sample, pos.step)
+                log.text("sample", f"```\n{sample}\n```", pos.step)   # verbatim in markdown
             model.train()
             if values:
                 report(f"[{cfg.task}] eval step {pos.step} | loss {values['eval/loss']:.4f}"
