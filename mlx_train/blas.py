@@ -65,9 +65,9 @@ def loaded_blas() -> str | None:
     return None
 
 
-def reexec_with_fast_blas(module: str, argv: Sequence[str]) -> None:
-    """Re-exec ``python -m module argv`` with an optimized BLAS preloaded, once; print which
-    BLAS is used. Returns normally when no re-exec is needed (or possible)."""
+def reexec_with_fast_blas(command: Sequence[str]) -> None:
+    """Re-exec ``python *command`` (e.g. ``["-m", "mlx_train.train", *argv]``) with an optimized
+    BLAS preloaded, once; print which BLAS is used. Returns when no re-exec is needed."""
     if not sys.platform.startswith("linux"):
         return
     env = os.environ
@@ -81,7 +81,7 @@ def reexec_with_fast_blas(module: str, argv: Sequence[str]) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             try:
-                os.execve(sys.executable, [sys.executable, "-m", module, *argv], child)
+                os.execve(sys.executable, [sys.executable, *command], child)
             except OSError as e:
                 print(f"[warn] could not re-exec with {lib} preloaded: {e}", file=sys.stderr)
     else:  # in the re-exec'd child: give our own children the user's environment back

@@ -73,5 +73,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    reexec_with_fast_blas("mlx_train.infer", sys.argv[1:])
+    reexec_with_fast_blas(["-m", "mlx_train.infer", *sys.argv[1:]])
     sys.exit(main())
