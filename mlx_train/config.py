@@ -7,10 +7,11 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["PRESETS", "TASKS", "TrainConfig", "UsageError", "build_parser", "model_dims",
            "resolve_config", "save_config"]
@@ -117,9 +118,17 @@ def _caster(f: dataclasses.Field) -> Any:
     return {"int": int, "float": float, "bool": _bool}.get(kind, str)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (no usage dump), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m mlx_train.train`` argument parser (defaults left unset: see resolve_config)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m mlx_train.train",
         description="Train a small LLaMA-style model with MLX (pretrain, SFT, DPO or R1).",
         epilog=f"Every flag can also be set as {ENV_PREFIX}<FLAG> in the environment "

@@ -14,7 +14,6 @@ complete lines added since the previous read.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -290,9 +289,10 @@ def split_indices(n: int) -> tuple[list[int], list[int]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the bundled bilingual data set (pretrain/sft/dpo/r1 JSONL) into --out_dir."""
+    from mlx_train.config import OneLineParser
     from mlx_train.datagen import write_all
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m mlx_train.data",
         description="Write deterministic offline training data: pretrain.jsonl, sft.jsonl, "
                     "dpo.jsonl and r1.jsonl.")

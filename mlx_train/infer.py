@@ -5,13 +5,13 @@ Generation from a checkpoint (or a stage's out_dir: its latest step) with mlx-lm
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from mlx_train.blas import reexec_with_fast_blas
 from mlx_train.checkpoint import CheckpointError, find_checkpoint
+from mlx_train.config import OneLineParser
 
 __all__ = ["generate_text", "main"]
 
@@ -41,8 +41,8 @@ def generate_text(checkpoint: Path | str, prompt: str, *, chat: bool = False,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m mlx_train.infer",
-                                     description="Generate text from an mlx_train checkpoint.")
+    parser = OneLineParser(prog="python -m mlx_train.infer",
+                           description="Generate text from an mlx_train checkpoint.")
     parser.add_argument("--checkpoint", required=True,
                         help="a step_XXXXXXX folder, or a stage's out_dir (its latest step)")
     parser.add_argument("--prompt", required=True, help="prompt text (a user message with --chat)")
