@@ -1,0 +1,559 @@
+"""Benchmark: tb_lazy's lazy TensorBoard against an eagerly started one, side by side.
+
+    python benchmarks/bench_tb_lazy.py [--quick] [--seed 0]
+
+Not a test: it prints one line per figure (tb_lazy, baseline, ratio, target, PASS/MISS).
+
+1. detection latency, event file created -> ``wait_for_event_file`` returns: inotify,
+   and polling at 0.1 s and at the 1 s fallback interval (median and p90);
+2. first scalar written -> its tag served by ``/data/plugin/scalars/tags``: a real
+   ``python -m tb_lazy watch DIR`` started before training, against a TensorBoard started
+   before training (default reload interval);
+3. idle cost of a waiting watcher against an idle TensorBoard (RSS of the whole process
+   group, TensorBoard's Rust data server included; CPU over an idle window);
+4. a log folder of 10,000 subfolders: watcher start-up, and detection of an event file
+   created in a deep subfolder.
+
+Everything runs in one temp folder (also TMPDIR and TB_LAZY_STATE_DIR of the children, so
+no TensorBoard running elsewhere is reused); every process started here is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.api import BaseObserver
+
+from tb_lazy.config import RANK_VARIABLES
+from tb_lazy.detect import find_event_file, make_observer, wait_for_event_file
+from tb_lazy.launch import answers, stop_process
+
+REPO = Path(__file__).resolve().parent.parent
+TAG = "bench/loss"
+HOST = "127.0.0.1"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def p90(xs: list[float]) -> float:
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+
+
+def create_event_file(folder: Path) -> float:
+    """Create an empty event file as a writer's constructor does; return the time just before."""
+    t0 = time.perf_counter()
+    os.close(os.open(folder / f"events.out.tfevents.{time.time():.6f}.bench", os.O_CREAT | os.O_WRONLY, 0o644))
+    return t0
+
+
+def write_scalar(logdir: Path) -> float:
+    """Write one scalar with tensorboardX as a trainer does; return the time it is on disk."""
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(str(logdir))
+    writer.add_scalar(TAG, 1.0, 0)
+    writer.close()
+    return time.perf_counter()
+
+
+def tag_served(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/data/plugin/scalars/tags", timeout=2) as response:
+            runs = json.loads(response.read())
+    except (OSError, ValueError):
+        return False
+    return any(TAG in tags for tags in runs.values())
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.025) -> float | None:
+    """Poll until ``predicate()``; return the time it first held (None on timeout)."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if predicate():
+            return time.perf_counter()
+        time.sleep(interval)
+    return None
+
+
+def group_pids(leader: int) -> list[int]:
+    """Live processes in the process group led by ``leader`` (children started in its session)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == leader and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def group_rss_mb(leader: int) -> float:
+    total_kb = 0
+    for pid in group_pids(leader):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return total_kb / 1024
+
+
+def group_cpu_seconds(leader: int) -> float:
+    ticks = 0
+    for pid in group_pids(leader):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / CLOCK_TICKS
+
+
+# ---------------------------------------------------------------- isolated children
+
+
+class Sandbox:
+    """One temp folder for logs, state and TMPDIR; children started here are stopped by PID."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="bench_tb_lazy-"))
+        (self.root / "tmp").mkdir()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TB_") and k not in RANK_VARIABLES}
+        self.env.update(
+            TB_LAZY_STATE_DIR=str(self.root / "state"),
+            TMPDIR=str(self.root / "tmp"),
+            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            PYTHONUNBUFFERED="1",
+        )
+        self.pids: list[int] = []
+        self._count = 0
+
+    def folder(self, name: str) -> Path:
+        self._count += 1
+        path = self.root / f"{self._count:03d}-{name}"
+        path.mkdir()
+        return path
+
+    def start(self, args: list[str], *, stdout=None) -> subprocess.Popen:
+        """Start a child in its own session (so its group, children included, can be measured
+        and stopped); its stderr (and stdout unless given) go to a log file."""
+        self._count += 1
+        log = open(self.root / f"{self._count:03d}-{Path(args[2]).name}.log", "wb")  # noqa: SIM115
+        with log:
+            proc = subprocess.Popen(
+                args, env=self.env, stdin=subprocess.DEVNULL, stdout=stdout or log, stderr=log,
+                start_new_session=True,
+            )
+        self.pids.append(proc.pid)
+        return proc
+
+    def watcher(self, logdir: Path, *extra: str) -> Watcher:
+        port = str(free_port())
+        proc = self.start([sys.executable, "-m", "tb_lazy", "watch", str(logdir), "--host", HOST, "--port", port,
+                           *extra], stdout=subprocess.PIPE)
+        return Watcher(self, proc)
+
+    def tensorboard(self, logdir: Path) -> tuple[subprocess.Popen, str]:
+        port = free_port()
+        proc = self.start([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
+                           "--host", HOST, "--port", str(port)])
+        if wait_until(lambda: proc.poll() is not None or answers(HOST, port, timeout=0.5), 60, 0.05) is None \
+                or proc.poll() is not None:
+            raise RuntimeError(f"TensorBoard did not come up on port {port} (see logs in {self.root})")
+        return proc, f"http://{HOST}:{port}"
+
+    def stop(self, pid: int) -> None:
+        stop_process(pid, grace=5)
+        if pid in self.pids:
+            self.pids.remove(pid)
+
+    def close(self) -> None:
+        """Stop every child by PID, then every TensorBoard a watcher recorded, then remove the folder."""
+        for pid in reversed(self.pids):
+            stop_process(pid, grace=5)
+        for record in (self.root / "state" / "running").glob("*.json"):
+            try:
+                stop_process(int(json.loads(record.read_text())["pid"]), grace=5)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Watcher:
+    """A ``python -m tb_lazy watch`` child whose stdout lines arrive on a queue."""
+
+    def __init__(self, box: Sandbox, proc: subprocess.Popen) -> None:
+        self.box, self.proc, self.lines = box, proc, queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.decode(errors="replace").strip())
+        self.lines.put(None)
+
+    def wait_watching(self, timeout: float = 30) -> None:
+        """Until the watcher has announced its watch (its observer is scheduled right after)."""
+        marker = self.box.root / "state" / "watchers" / f"{self.proc.pid}.json"
+        if wait_until(lambda: marker.exists() or self.proc.poll() is not None, timeout, 0.02) is None \
+                or self.proc.poll() is not None:
+            raise RuntimeError(f"watcher {self.proc.pid} did not start watching")
+
+    def served(self, timeout: float = 60) -> tuple[str, int]:
+        """URL and PID from the ``[tensorboard] URL (pid=N)`` line."""
+        line = self.lines.get(timeout=timeout)
+        match = re.match(r"\[tensorboard\] (\S+) \(pid=(\d+)", line or "")
+        if not match:
+            raise RuntimeError(f"watcher printed {line!r}, not a served line")
+        tb_pid = int(match.group(2))
+        self.box.pids.append(tb_pid)  # keep=on: TensorBoard outlives the watcher; we stop it
+        return match.group(1), tb_pid
+
+
+# ---------------------------------------------------------------- 1 and 4: detection in-process
+
+
+class OverflowCounter(logging.Handler):
+    """Counts watchdog's "Inotify queue overflowed" warnings instead of printing each one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflowed" in record.getMessage():
+            self.count += 1
+
+
+OVERFLOWS = OverflowCounter()
+
+
+def filtered_observer(poll: float | None) -> BaseObserver:
+    """``make_observer``, but the watch asks only for the events detect.py handles (the proposed
+    change): no IN_OPEN/IN_CLOSE_NOWRITE/IN_ACCESS, which detect.py's own scans raise by the
+    thousand in a large tree."""
+    observer = make_observer(poll)
+    schedule = observer.schedule
+
+    def narrowed(handler, path, recursive=False, **kwargs):
+        return schedule(handler, path, recursive=recursive, event_filter=WANTED_EVENTS, **kwargs)
+
+    observer.schedule = narrowed
+    return observer
+
+
+WANTED_EVENTS = [FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
+
+
+def timed_wait(logdir: Path, *, poll: float | None, make: Callable[[Path], float] | None, phase: float,
+               timeout: float = 30, factory: Callable[[float | None], BaseObserver] = make_observer,
+               ) -> tuple[float, float | None]:
+    """Run ``wait_for_event_file`` in a thread; return (start-up, latency) in seconds.
+
+    Start-up: from the call until the waiter first checks its stop condition, which it does
+    only after scan, schedule and second scan. Latency: from the event file's creation
+    (``phase`` seconds after start-up, to sample the polling phase) until the call returns;
+    None if it was not seen within ``timeout``.
+    """
+    ready = threading.Event()
+    result: dict[str, object] = {}
+
+    def first_check() -> bool:
+        if not ready.is_set():
+            result["ready"] = time.perf_counter()
+            ready.set()
+        return False
+
+    def run() -> None:
+        result["found"] = wait_for_event_file(
+            logdir, poll=poll, timeout=timeout, should_stop=first_check, observer_factory=factory
+        )
+        result["done"] = time.perf_counter()
+
+    thread = threading.Thread(target=run, daemon=True)
+    t_call = time.perf_counter()
+    thread.start()
+    if not ready.wait(timeout):
+        raise RuntimeError(f"watcher on {logdir} did not start within {timeout}s")
+    time.sleep(phase)
+    t0 = create_event_file(logdir) if make is None else make(logdir)
+    thread.join(timeout + 10)
+    if thread.is_alive():
+        raise RuntimeError(f"wait_for_event_file on {logdir} did not return")
+    latency = None if result.get("found") is None else result["done"] - t0
+    return result["ready"] - t_call, latency
+
+
+def bench_detection(box: Sandbox, rng: random.Random, reps: int) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {}
+    for label, poll in (("inotify", None), ("poll 0.1 s", 0.1), ("poll 1 s", 1.0)):
+        samples[label] = []
+        for _ in range(reps):
+            _, latency = timed_wait(box.folder("detect"), poll=poll, make=None, phase=rng.uniform(0, poll or 0.02))
+            if latency is None:
+                raise RuntimeError(f"detection with {label} missed a file in an empty folder")
+            samples[label].append(latency)
+        say(f"detection {label}: median {1e3 * median(samples[label]):.1f} ms")
+    return samples
+
+
+def build_wide_tree(root: Path, shape: tuple[int, int, int]) -> list[Path]:
+    """``a x b x c`` leaf folders at depth 3 (10 x 10 x 100 = 10,000); return the leaves."""
+    leaves = []
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            for k in range(shape[2]):
+                leaf = root / f"run{i:02d}" / f"seed{j:02d}" / f"part{k:03d}"
+                leaf.mkdir(parents=True)
+                leaves.append(leaf)
+    return leaves
+
+
+def bench_wide(box: Sandbox, rng: random.Random, reps: int, timeout: float) -> dict[str, list]:
+    root = box.folder("wide")
+    t = time.perf_counter()
+    leaves = build_wide_tree(root, (10, 10, 100))
+    say(f"built {len(leaves):,} leaf folders in {time.perf_counter() - t:.1f}s")
+    out: dict[str, list] = {"leaves": [len(leaves)], "scan": [], "schedule": []}
+    for _ in range(reps):
+        # the parts of start-up, on their own: one scan, and one recursive schedule
+        t = time.perf_counter()
+        assert find_event_file(root) is None
+        out["scan"].append(time.perf_counter() - t)
+        observer = make_observer(None)
+        observer.start()
+        try:
+            t = time.perf_counter()
+            observer.schedule(FileSystemEventHandler(), os.fspath(root), recursive=True)
+            out["schedule"].append(time.perf_counter() - t)
+        finally:
+            observer.stop()
+            observer.join(5)
+        # the real thing, as is and with the proposed event filter: start-up, then a deep event file
+        for mode, factory in (("as is", make_observer), ("filtered", filtered_observer)):
+            leaf = rng.choice(leaves)
+            before = OVERFLOWS.count
+            up, late = timed_wait(root, poll=None, make=lambda _root, leaf=leaf: create_event_file(leaf),
+                                  phase=0.05, timeout=timeout, factory=factory)
+            out.setdefault(f"{mode} startup", []).append(up)
+            out.setdefault(f"{mode} latency", []).append(late)
+            out.setdefault(f"{mode} overflows", []).append(OVERFLOWS.count - before)
+            for event_file in leaf.glob("*tfevents*"):
+                event_file.unlink()
+            seen = "not seen" if late is None else f"{1e3 * late:.0f} ms"
+            say(f"10k folders, {mode}: start-up {up:.2f}s, detection {seen}, "
+                f"{OVERFLOWS.count - before} inotify queue overflows")
+    return out
+
+
+# ---------------------------------------------------------------- 2: scalar written -> tag served
+
+
+def lazy_once(box: Sandbox) -> float:
+    logdir = box.folder("e2e-lazy")
+    watcher = box.watcher(logdir)
+    try:
+        watcher.wait_watching()
+        time.sleep(0.5)  # a watcher started well before training: settled, observer scheduled
+        t_written = write_scalar(logdir)
+        url, tb_pid = watcher.served()
+        try:
+            t_served = wait_until(lambda: tag_served(url), 30)
+        finally:
+            box.stop(tb_pid)
+    finally:
+        box.stop(watcher.proc.pid)
+    if t_served is None:
+        raise RuntimeError("tb_lazy's TensorBoard never served the tag")
+    return t_served - t_written
+
+
+def eager_once(box: Sandbox, rng: random.Random) -> float:
+    logdir = box.folder("e2e-eager")
+    proc, url = box.tensorboard(logdir)
+    try:
+        time.sleep(rng.uniform(0.5, 5.5))  # training starts at a random point of the 5 s reload cycle
+        t_written = write_scalar(logdir)
+        t_served = wait_until(lambda: tag_served(url), 30)
+    finally:
+        box.stop(proc.pid)
+    if t_served is None:
+        raise RuntimeError("eager TensorBoard never served the tag")
+    return t_served - t_written
+
+
+def bench_end_to_end(box: Sandbox, rng: random.Random, reps: int) -> dict[str, list[float]]:
+    lazy, eager = [], []
+    for i in range(reps):  # interleaved, so the machine's noise hits both alike
+        lazy.append(lazy_once(box))
+        eager.append(eager_once(box, rng))
+        say(f"scalar -> tag served, rep {i + 1}: lazy {lazy[-1]:.2f}s, eager {eager[-1]:.2f}s")
+    return {"lazy": lazy, "eager": eager}
+
+
+# ---------------------------------------------------------------- 3: idle cost
+
+
+def bench_idle(box: Sandbox, window: float) -> dict[str, float]:
+    watcher = box.watcher(box.folder("idle-watch"))
+    proc, _url = box.tensorboard(box.folder("idle-tb"))
+    try:
+        watcher.wait_watching()
+        time.sleep(2.0)  # both settled: TensorBoard's data server up, the watcher waiting
+        leaders = {"lazy": watcher.proc.pid, "eager": proc.pid}
+        cpu0 = {k: group_cpu_seconds(pid) for k, pid in leaders.items()}
+        rss0 = {k: group_rss_mb(pid) for k, pid in leaders.items()}
+        time.sleep(window)
+        cpu1 = {k: group_cpu_seconds(pid) for k, pid in leaders.items()}
+        rss1 = {k: group_rss_mb(pid) for k, pid in leaders.items()}
+        result = {}
+        for k, pid in leaders.items():
+            result[f"{k}_rss"] = max(rss0[k], rss1[k])
+            result[f"{k}_cpu"] = 100 * (cpu1[k] - cpu0[k]) / window
+            result[f"{k}_procs"] = len(group_pids(pid))
+        if watcher.proc.poll() is not None:
+            raise RuntimeError("the idle watcher ended during the idle window")
+    finally:
+        box.stop(proc.pid)
+        box.stop(watcher.proc.pid)
+    say(f"idle: watcher {result['lazy_rss']:.1f} MB ({result['lazy_procs']} process(es)), "
+        f"TensorBoard {result['eager_rss']:.1f} MB ({result['eager_procs']} process(es))")
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+
+def say(text: str) -> None:
+    print(f"  .. {text}", file=sys.stderr, flush=True)
+
+
+def ms(x: float) -> str:
+    return f"{1e3 * x:.1f} ms"
+
+
+def secs(x: float) -> str:
+    return f"{x:.2f} s"
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("PASS" if ok else "MISS")
+
+
+def table(rows: list[tuple[str, str, str, str, str, str]]) -> str:
+    header = ("figure", "tb_lazy", "baseline", "ratio", "target", "result")
+    rows = [header, *rows]
+    widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def ratio(a: float, b: float) -> str:
+    if not b:
+        return "-"
+    return f"{a / b:.2f}" if a / b >= 0.1 else f"{a / b:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (under a minute)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the random timing phases")
+    parser.add_argument("--wide-timeout", type=float, default=5.0,
+                        help="seconds to wait for the deep event file in the 10,000-folder tree")
+    args = parser.parse_args(argv)
+    watchdog_log = logging.getLogger("watchdog")
+    watchdog_log.addHandler(OVERFLOWS)
+    watchdog_log.propagate = False
+    reps = {"detect": 5, "e2e": 2, "wide": 2, "idle": 3.0} if args.quick else \
+        {"detect": 20, "e2e": 5, "wide": 5, "idle": 5.0}
+    rng = random.Random(args.seed)
+    started = time.perf_counter()
+    box = Sandbox()
+    try:
+        detect = bench_detection(box, rng, reps["detect"])
+        wide = bench_wide(box, rng, reps["wide"], args.wide_timeout)
+        idle = bench_idle(box, reps["idle"])
+        e2e = bench_end_to_end(box, rng, reps["e2e"])
+    finally:
+        box.close()
+
+    n, rows = reps["detect"], []
+    ino = detect["inotify"]
+    rows.append((f"detect, inotify, median of {n}", ms(median(ino)), "", "", "<= 10 ms", verdict(median(ino) <= 0.010)))
+    rows.append((f"detect, inotify, p90 of {n}", ms(p90(ino)), "", "", "", "-"))
+    for label in ("poll 0.1 s", "poll 1 s"):
+        for name, stat in (("median", median), ("p90", p90)):
+            rows.append((f"detect, inotify vs {label}, {name}", ms(stat(ino)), ms(stat(detect[label])),
+                         ratio(stat(ino), stat(detect[label])), "", "-"))
+    lazy, eager = median(e2e["lazy"]), median(e2e["eager"])
+    rows.append((f"scalar -> tag served, median of {len(e2e['lazy'])}", secs(lazy), secs(eager),
+                 ratio(lazy, eager), "<= eager", verdict(lazy <= eager)))
+    rows.append(("idle RSS, watcher vs TensorBoard", f"{idle['lazy_rss']:.1f} MB", f"{idle['eager_rss']:.1f} MB",
+                 ratio(idle["lazy_rss"], idle["eager_rss"]), "<= 0.25",
+                 verdict(idle["lazy_rss"] <= 0.25 * idle["eager_rss"])))
+    rows.append((f"idle CPU over {reps['idle']:g} s", f"{idle['lazy_cpu']:.1f} %", f"{idle['eager_cpu']:.1f} %",
+                 ratio(idle["lazy_cpu"], idle["eager_cpu"]), "~0 % (<= 1 %)", verdict(idle["lazy_cpu"] <= 1.0)))
+    leaves = wide["leaves"][0]
+    rows.append((f"{leaves:,} folders: scan + recursive schedule", f"{median(wide['scan']):.2f} + "
+                 f"{median(wide['schedule']):.2f} s", "", "", "", "-"))
+    for mode, note in (("as is", ""), ("filtered", " (proposed event_filter)")):
+        up, late, k = wide[f"{mode} startup"], wide[f"{mode} latency"], len(wide[f"{mode} startup"])
+        rows.append((f"{leaves:,} folders: start-up{note}, median of {k}", secs(median(up)), "", "", "<= 2 s",
+                     verdict(median(up) <= 2.0)))
+        seen = [x for x in late if x is not None]
+        missed = len(late) - len(seen)
+        value = ms(median(seen)) if not missed else f"{missed}/{k} not seen in {args.wide_timeout:g} s"
+        rows.append((f"{leaves:,} folders: detect deep file{note}", value, "", "", "<= 50 ms",
+                     verdict(not missed and median(seen) <= 0.050)))
+        rows.append((f"  inotify queue overflows{note}", str(sum(wide[f"{mode} overflows"])), "", "", "0",
+                     verdict(sum(wide[f"{mode} overflows"]) == 0)))
+    print(table(rows))
+    print(f"\n({'quick' if args.quick else 'full'} run, {time.perf_counter() - started:.0f} s; "
+          f"{os.cpu_count()} CPUs; baseline = polling observer (detect), eager TensorBoard (rest))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
