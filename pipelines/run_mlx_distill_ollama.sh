@@ -33,6 +33,7 @@ Teacher (defaults in brackets):
   COLD_SAMPLES   samples before training starts [32]
   TOTAL_SAMPLES  samples in all [256]
   PROMPTS_FILE   your prompts, one per line or JSONL {"prompt": ...} [built-in generator]
+  TEACHER_MAX_TOKENS  longest answer in tokens [512; smoke test: 64]
 Student:
   DISTILL_DATA   generated SFT data [\$DATA_DIR/distill_sft.jsonl, DATA_DIR=./data]
   OUT_DIR        checkpoints go to \$OUT_DIR/distill [./out]
@@ -76,11 +77,15 @@ settings() {
   OUT_DIR=${OUT_DIR:-./out}
   DISTILL_DATA=${DISTILL_DATA:-$DATA_DIR/distill_sft.jsonl}
   SMOKE_ARGS=()
+  GEN_ARGS=()
   if ((SMOKE)); then
     export COLD_SAMPLES=${COLD_SAMPLES:-8} TOTAL_SAMPLES=${TOTAL_SAMPLES:-16}
+    TEACHER_MAX_TOKENS=${TEACHER_MAX_TOKENS:-64}
     SMOKE_ARGS=(--preset tiny --max_steps 20 --batch_size 4 --seq_len 128 --log_interval 5
       --eval_interval 10 --save_interval 20 --warmup_steps 2)
   fi
+  [[ -n "${TEACHER_MAX_TOKENS:-}" ]] && GEN_ARGS+=(--max-tokens "$TEACHER_MAX_TOKENS")
+  return 0
 }
 
 student_init() {
@@ -100,7 +105,7 @@ student_init() {
 GEN_PID=""
 
 generate() {
-  "$PY" -m mlx_train.distill --out "$DISTILL_DATA" "$@"
+  "$PY" -m mlx_train.distill --out "$DISTILL_DATA" "${GEN_ARGS[@]}" "$@"
 }
 
 stop_generator() {

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from tb_lazy import registry
 from tb_lazy.config import RANK_VARIABLES
 from tb_lazy.launch import stop_process
 
@@ -170,24 +169,42 @@ class TbEnv:
         """Stop everything started here; return the PIDs that had leaked past that."""
         for proc in self._procs:
             proc.stop()
-        registry.stop(None)
-        leaked = [pid for pid in pids_mentioning(str(self.root)) if pid != os.getpid()]
-        for pid in leaked:
-            stop_process(pid, grace=5)
-        return leaked
+        return stop_everything_under(self.root, self.env)
+
+
+def isolated_env(root: Path) -> dict[str, str]:
+    """This process's environment, with tb_lazy's state and the temp folder under ``root``,
+    a free preferred port, no TB_* or rank variables, and the repo importable."""
+    tmp = root / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = {name: value for name, value in os.environ.items() if name not in TB_VARIABLES}
+    env.update(
+        TB_LAZY_STATE_DIR=str(root / "state"),
+        TMPDIR=str(tmp),
+        TB_PORT=str(free_port()),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    return env
+
+
+def stop_everything_under(root: Path, env: dict[str, str]) -> list[int]:
+    """Stop the TensorBoards tb_lazy started with ``env``'s state, then any process still
+    naming ``root`` (by PID). Returns the PIDs of the latter: leaks."""
+    subprocess.run([sys.executable, "-m", "tb_lazy", "stop", "--all"], env=env, capture_output=True, timeout=60)
+    leaked = pids_mentioning(str(root))
+    for pid in leaked:
+        stop_process(pid, grace=5)
+    return leaked
 
 
 @pytest.fixture
 def tb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Isolated tb_lazy state and temp folder, a free preferred port, and leak checks."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    env = isolated_env(tmp_path)
     for name in TB_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("TB_LAZY_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    monkeypatch.setenv("TB_PORT", str(free_port()))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    for name in ("TB_LAZY_STATE_DIR", "TMPDIR", "TB_PORT", "PYTHONPATH"):
+        monkeypatch.setenv(name, env[name])
     monkeypatch.setattr(tempfile, "tempdir", None)  # make tempfile read TMPDIR again
     env = TbEnv(tmp_path, dict(os.environ))
     try:

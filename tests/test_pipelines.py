@@ -1,0 +1,232 @@
+"""The pipelines end to end: real bash, real MLX training, real watchers and TensorBoards.
+
+One smoke run (pretrain + SFT with TensorBoard auto-start) is shared by the tests that
+only read its results; every other run gets its own folders. Each run is isolated from
+TensorBoards elsewhere on the machine (tb_lazy state and temp folder under its root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import (
+    REPO,
+    Proc,
+    free_port,
+    get_json,
+    isolated_env,
+    pids_mentioning,
+    stop_everything_under,
+    tensorboard_pids,
+    wait_for,
+)
+
+RUN_MLX = REPO / "pipelines" / "run_mlx.sh"
+DISTILL = REPO / "pipelines" / "run_mlx_distill_ollama.sh"
+URL_LINE = re.compile(r"^\[tensorboard\] (http://127\.0\.0\.1:\d+) \(pid=(\d+)\)$", re.M)
+
+
+def pipeline_env(root: Path, **extra: str) -> dict[str, str]:
+    env = isolated_env(root)
+    env.update(PY=sys.executable, TF_DIR=str(root / "tf_dir"), OUT_DIR=str(root / "out"), DATA_DIR=str(root / "data"))
+    env.update(extra)
+    return env
+
+
+def run(script: Path, *args: str, env: dict[str, str], cwd: Path, timeout: float = 600):
+    return subprocess.run(
+        ["bash", str(script), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def watchers_under(root: Path) -> list[int]:
+    return [pid for pid in pids_mentioning(str(root)) if b"tb_lazy" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """``run_mlx.sh --smoke-test`` with TB_AUTO=1, once for the module."""
+    root = tmp_path_factory.mktemp("smoke")
+    env = pipeline_env(root)
+    try:
+        result = run(RUN_MLX, "--smoke-test", env=env, cwd=root)
+        yield root, env, result
+    finally:
+        stop_everything_under(root, env)
+
+
+@pytest.fixture
+def own_root(tmp_path):
+    """Folders for one run; whatever it leaves behind is stopped, and fails the test."""
+    yield tmp_path
+    leaked = stop_everything_under(tmp_path, isolated_env(tmp_path))
+    assert not leaked, f"processes left running: {leaked}"
+
+
+def test_smoke_pipeline_prints_one_url_and_serves_every_stage(smoke):
+    root, env, result = smoke
+    assert result.returncode == 0, result.stderr[-3000:]
+    urls = URL_LINE.findall(result.stdout)
+    assert len(urls) == 1, f"expected one [tensorboard] line:\n{result.stdout}"
+    assert result.stdout.count("[tensorboard]") == 1
+    url, pid = urls[0]
+    assert tensorboard_pids(root) == [int(pid)], "exactly one TensorBoard for the whole run"
+    assert get_json(f"{url}/data/environment")["data_location"] == env["TF_DIR"]
+    wanted = {"train/loss", "train/lr", "eval/loss"}
+
+    def every_stage_served():
+        tags = get_json(f"{url}/data/plugin/scalars/tags")
+        return all(wanted <= set(tags.get(stage, ())) for stage in ("pretrain", "sft")) and tags
+
+    # TensorBoard reloads every few seconds: the last stage's last scalars may need one more.
+    assert wait_for(every_stage_served, timeout=30), get_json(f"{url}/data/plugin/scalars/tags")
+    assert watchers_under(root) == [], "the watcher must be gone when the pipeline ends"
+
+
+def test_infer_only_starts_nothing(smoke):
+    root, env, _ = smoke
+    before = tensorboard_pids(root)
+    result = run(RUN_MLX, "--infer-only", env={**env, "TB_PORT": str(free_port())}, cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[tensorboard]" not in result.stdout
+    assert "[infer]" in result.stdout + result.stderr
+    assert tensorboard_pids(root) == before and watchers_under(root) == []
+
+
+def test_auto_off_trains_without_tensorboard(own_root):
+    env = pipeline_env(own_root, TB_AUTO="0", SKIP_SFT="1")
+    result = run(RUN_MLX, "--smoke-test", "--skip-infer", env=env, cwd=own_root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list((own_root / "tf_dir" / "pretrain").glob("*tfevents*")), "training still logs"
+    assert "[tensorboard]" not in result.stdout
+    assert tensorboard_pids(own_root) == [] and watchers_under(own_root) == []
+
+
+def test_all_stages_skipped_starts_nothing_and_leaves_nothing(own_root):
+    env = pipeline_env(own_root, SKIP_PRETRAIN="1", SKIP_SFT="1")
+    result = run(RUN_MLX, "--skip-infer", env=env, cwd=own_root)
+    assert result.returncode == 0, result.stderr
+    assert "[tensorboard]" not in result.stdout
+    assert tensorboard_pids(own_root) == [] and watchers_under(own_root) == []
+
+
+def test_failing_stage_propagates_its_status_and_leaves_no_watcher(own_root):
+    bad = own_root / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": oops}\n')
+    env = pipeline_env(own_root, PRETRAIN_DATA=str(bad))
+    result = run(RUN_MLX, "--smoke-test", env=env, cwd=own_root)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "bad.jsonl" in result.stderr and ":2" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (own_root / "out" / "sft").exists(), "no later stage runs after a failure"
+    assert tensorboard_pids(own_root) == [] and watchers_under(own_root) == []
+
+
+def test_ctrl_c_exits_130_and_keeps_tensorboard(own_root):
+    env = pipeline_env(own_root)
+    pipeline = Proc(["bash", str(RUN_MLX), "--smoke-test"], env=env, cwd=own_root, start_new_session=True)
+    try:
+        line = pipeline.next_line(timeout=300)
+        while line is not None and not line.startswith("[tensorboard]"):
+            line = pipeline.next_line(timeout=300)
+        assert line is not None, "no URL before the pipeline ended"
+        tb_pid = int(URL_LINE.match(line)[2])
+        os.killpg(pipeline.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+        assert pipeline.wait(timeout=60) == 130
+        assert watchers_under(own_root) == []
+        assert tensorboard_pids(own_root) == [tb_pid], "TB_KEEP=1: TensorBoard survives Ctrl-C"
+    finally:
+        pipeline.stop()
+
+
+# ---- distillation ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def teacher(smoke):
+    """The smoke run's SFT checkpoint served by mlx_lm.server (OpenAI API) on a loopback port."""
+    root, env, result = smoke
+    assert result.returncode == 0, "the smoke run failed; no teacher to serve"
+    port = free_port()
+    hub = root / "hf-cache"
+    hub.mkdir(exist_ok=True)
+    checkpoint = max((root / "out" / "sft").glob("step_*"))  # mlx_lm takes one checkpoint folder
+    server = Proc(
+        [sys.executable, "-m", "mlx_lm.server", "--model", str(checkpoint), "--host", "127.0.0.1",
+         "--port", str(port)],
+        env={**env, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"},
+    )
+    try:
+        def ready():
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        if not wait_for(ready, timeout=120, interval=0.2):
+            pytest.fail(f"mlx_lm.server did not come up: {server.stderr[-5:]}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def test_distill_from_an_openai_compatible_teacher(teacher, smoke, tmp_path):
+    root, _, _ = smoke
+    run_root = tmp_path
+    env = pipeline_env(
+        run_root, TEACHER_API="openai", OLLAMA_URL=teacher, OLLAMA_MODEL="default_model", GEN_WORKERS="2",
+        COLD_SAMPLES="6", TOTAL_SAMPLES="12", TEACHER_MAX_TOKENS="24", INIT_FROM=str(root / "out" / "sft"),
+    )
+    try:
+        result = run(
+            DISTILL, "--smoke-test", "--tensorboard_dir", str(run_root / "tf_dir" / "distill"),
+            env=env, cwd=run_root,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = [json.loads(line) for line in (run_root / "data" / "distill_sft.jsonl").read_text().splitlines()]
+        assert 6 <= len(rows) <= 12
+        for row in rows:
+            user, assistant = row["conversations"]
+            assert (user["role"], assistant["role"]) == ("user", "assistant")
+            assert user["content"].strip() and isinstance(assistant["content"], str)
+        assert len({row["conversations"][0]["content"] for row in rows}) == len(rows), "no duplicate prompts"
+        urls = URL_LINE.findall(result.stdout)
+        assert len(urls) == 1, result.stdout
+        tags = wait_for(lambda: get_json(f"{urls[0][0]}/data/plugin/scalars/tags"), timeout=30)
+        assert tags and "train/loss" in next(iter(tags.values()))
+        assert len(tensorboard_pids(run_root)) == 1
+        assert list((run_root / "out" / "distill").glob("step_*/model.safetensors"))
+        assert watchers_under(run_root) == [] and pids_mentioning("mlx_train.distill") == []
+    finally:
+        leaked = stop_everything_under(run_root, env)
+    assert not leaked, leaked
+
+
+def test_distill_without_tensorboard_dir_starts_no_tensorboard(teacher, smoke, own_root):
+    root, _, _ = smoke
+    env = pipeline_env(
+        own_root, TEACHER_API="openai", OLLAMA_URL=teacher, OLLAMA_MODEL="default_model", GEN_WORKERS="2",
+        COLD_SAMPLES="4", TOTAL_SAMPLES="4", TEACHER_MAX_TOKENS="16", INIT_FROM=str(root / "out" / "sft"),
+    )
+    result = run(DISTILL, "--smoke-test", "--max_steps", "6", env=env, cwd=own_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[tensorboard]" not in result.stdout
+    assert not (own_root / "tf_dir").exists()
+    assert tensorboard_pids(own_root) == [] and watchers_under(own_root) == []
+
+
+def test_distill_with_unreachable_teacher_fails_before_training(own_root):
+    env = pipeline_env(own_root, OLLAMA_URL=f"http://127.0.0.1:{free_port()}")
+    result = run(DISTILL, "--tensorboard_dir", str(own_root / "tf_dir"), env=env, cwd=own_root, timeout=120)
+    assert result.returncode == 3, (result.returncode, result.stderr)
+    assert "ollama" in result.stderr.lower() and "127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (own_root / "out").exists() and not (own_root / "tf_dir").exists()
+    assert tensorboard_pids(own_root) == [] and watchers_under(own_root) == []
