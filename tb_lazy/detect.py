@@ -16,7 +16,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
@@ -24,6 +32,11 @@ from watchdog.observers.polling import PollingObserver
 from tb_lazy.messages import warn
 
 _SLICE = 0.2  # seconds between checks of stop conditions while waiting
+_FALLBACK_POLL = 1.0  # seconds between scans when inotify can't be used
+_LIMIT_ERRORS = (errno.ENOSPC, errno.EMFILE, errno.ENOMEM)
+# Only the events the handler uses. Without a filter inotify also reports every folder
+# opened and closed, and our own scan of a large tree overflows its queue.
+_EVENTS = [FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
 
 
 def is_event_file(name: str | os.PathLike[str]) -> bool:
@@ -94,6 +107,27 @@ def make_observer(poll: float | None) -> BaseObserver:
     return PollingObserver(timeout=poll) if poll else Observer()
 
 
+def _fall_back(error: OSError, where: Path, poll: float | None) -> bool:
+    """True (after one warning) if ``error`` is an inotify limit we can poll around."""
+    if poll or error.errno not in _LIMIT_ERRORS:
+        return False
+    warn(f"can't watch {where} with inotify ({error.strerror or error}); polling every {_FALLBACK_POLL:g}s")
+    return True
+
+
+def _started(factory: Callable[[float | None], BaseObserver], poll: float | None, where: Path) -> BaseObserver:
+    """A started observer; a polling one when inotify's instance limit is reached."""
+    try:
+        observer = factory(poll)
+        observer.start()
+    except OSError as error:
+        if not _fall_back(error, where, poll):
+            raise
+        observer = factory(_FALLBACK_POLL)
+        observer.start()
+    return observer
+
+
 def wait_for_event_file(
     logdir: Path,
     *,
@@ -106,14 +140,13 @@ def wait_for_event_file(
 
     Returns None when ``timeout`` seconds pass or ``should_stop()`` turns true first
     (checked several times a second; a last scan then catches a file the events didn't
-    bring yet). If the native observer can't be set up (inotify
-    watch or instance limit reached), falls back to polling once a second.
+    bring yet). If inotify can't be set up (watch or instance limit reached), falls back
+    to polling once a second.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     wake = threading.Event()
     handler = _Handler(logdir, wake)
-    observer = observer_factory(poll)
-    observer.start()
+    observer = _started(observer_factory, poll, logdir)
     try:
         while True:
             anchor = nearest_existing(logdir)
@@ -121,15 +154,14 @@ def wait_for_event_file(
             if recursive and (found := find_event_file(logdir)):
                 return found
             try:
-                watch = observer.schedule(handler, os.fspath(anchor), recursive=recursive)
+                watch = observer.schedule(handler, os.fspath(anchor), recursive=recursive, event_filter=_EVENTS)
             except OSError as error:
-                if poll or error.errno not in (errno.ENOSPC, errno.EMFILE, errno.ENOMEM):
+                if not _fall_back(error, anchor, poll):
                     raise
-                warn(f"can't watch {anchor} with inotify ({error.strerror or error}); polling every second")
                 observer.stop()
-                poll = 1.0
-                observer = observer_factory(poll)
-                observer.start()
+                observer.join(timeout=5)
+                poll = _FALLBACK_POLL
+                observer = _started(observer_factory, poll, logdir)
                 continue
             handler.moved_on = False
             if recursive and (found := find_event_file(logdir)):

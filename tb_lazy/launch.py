@@ -15,8 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 START_TIMEOUT = 60.0  # seconds for a TensorBoard to answer before we give up on it
@@ -83,11 +81,13 @@ def probe_host(host: str) -> str:
 
 def answers(host: str, port: int, *, timeout: float = 1.0) -> bool:
     """True if a TensorBoard HTTP server answers on ``host:port``."""
+    import urllib.request  # here, not at the top: it pulls in ssl and email (~7 MB idle)
+
     url = format_url(probe_host(host), port) + "/data/environment"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200
-    except (OSError, urllib.error.URLError, ValueError):
+    except (OSError, ValueError):  # URLError is an OSError
         return False
 
 

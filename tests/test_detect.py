@@ -113,3 +113,33 @@ def test_falls_back_to_polling_when_inotify_is_exhausted(tmp_path, capsys):
 
 def test_find_event_file_ignores_missing_roots(tmp_path):
     assert find_event_file(tmp_path / "nope") is None
+
+
+def test_falls_back_to_polling_when_inotify_instances_run_out(tmp_path, capsys):
+    """Stand-in: exhausting the per-user inotify instances would break other programs here."""
+    made = []
+
+    def no_instances(poll):
+        if poll is None:
+            raise OSError(errno.EMFILE, "inotify instance limit reached")
+        made.append(poll)
+        return make_observer(poll)
+
+    logdir = tmp_path / "logs"
+    thread, result = wait_in_thread(logdir, timeout=30, observer_factory=no_instances)
+    event_file = write_scalar(logdir)
+    assert finish(thread, result) == event_file
+    assert made == [1.0] and "polling every 1s" in capsys.readouterr().err
+
+
+def test_a_file_deep_in_a_tree_of_ten_thousand_folders_is_seen(tmp_path):
+    """Our own scans open every folder: inotify must not be flooded with those events."""
+    logdir = tmp_path / "logs"
+    for i in range(100):
+        for j in range(100):
+            (logdir / f"run{i:03d}" / f"sub{j:03d}").mkdir(parents=True)
+    thread, result = wait_in_thread(logdir, timeout=10)
+    time.sleep(1.0)  # let the start-up scans and the recursive watch settle
+    target = logdir / "run057" / "sub042" / "events.out.tfevents.1.host"
+    target.write_bytes(b"\0" * 40)
+    assert finish(thread, result) == target
