@@ -26,7 +26,6 @@ def bench_steps(*, steps: int, hidden: int, layers: int, vocab: int, seq_len: in
     import mlx.nn as nn
     import mlx.optimizers as optim
     import numpy as np
-    from mlx.utils import tree_map
     from mlx_lm.tuner.trainer import default_loss
 
     from mlx_train.model import build_model, model_config

@@ -93,7 +93,7 @@ def test_sft_loss_mask_covers_only_assistant_tokens(tok):
                 {"role": "assistant", "content": "我是 MiniMLX。"}]
     ids, mask = tok.encode_chat(messages)
     assert tok.decode(ids) == tok.render_chat(messages)
-    learned = [i for i, m in zip(ids, mask) if m]
+    learned = [i for i, m in zip(ids, mask, strict=True) if m]
     assert tok.decode(learned) == "2 plus 2 equals 4.<|im_end|>我是 MiniMLX。<|im_end|>"
     # the collated batch: a target is weighted exactly when it is an assistant token
     data = ChatData(tok, 256)
@@ -160,9 +160,9 @@ def test_resolve_config_flags_beat_env_beat_defaults():
 
 def test_get_lr_warms_up_then_decays_to_the_floor():
     lrs = [get_lr(s, peak=1.0, warmup=10, total=100, min_ratio=0.1) for s in range(120)]
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11], strict=True))
     assert max(lrs) == pytest.approx(1.0, abs=1e-3)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
     assert lrs[100] == lrs[119] == pytest.approx(0.1)
     assert lrs[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
 
