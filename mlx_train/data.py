@@ -220,7 +220,7 @@ class ChatData:
         if not any(mask[1:]):
             return None
         tags = set(self.tok.tag_ids)
-        w = [float(m) * (self.tag_weight if i in tags else 1.0) for i, m in zip(ids, mask)]
+        w = [float(m) * (self.tag_weight if i in tags else 1.0) for i, m in zip(ids, mask, strict=True)]
         return ids, w
 
     def extend(self, records: Sequence[dict]) -> None:

@@ -212,7 +212,8 @@ def _age(rng: random.Random, zh: bool) -> str:
         name = rng.choice(_NAMES_ZH)
         return f"{name}今年{age}岁，妈妈比{name}大{gap + 18}岁。{years}年后妈妈多少岁？"
     name = rng.choice(_NAMES_EN)
-    return f"{name} is {age} years old and her uncle is {gap + 18} years older. How old will the uncle be in {years} years?"
+    return (f"{name} is {age} years old and her uncle is {gap + 18} years older. "
+            f"How old will the uncle be in {years} years?")
 
 
 def _fact(rng: random.Random, zh: bool) -> str:

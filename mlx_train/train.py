@@ -14,8 +14,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mlx_train.blas import reexec_with_fast_blas
-from mlx_train.checkpoint import (CheckpointError, find_checkpoint, list_checkpoints, load_config,
-                                  load_optimizer, load_trainer_state, load_weights, save_checkpoint)
+from mlx_train.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    list_checkpoints,
+    load_config,
+    load_optimizer,
+    load_trainer_state,
+    load_weights,
+    save_checkpoint,
+)
 from mlx_train.config import TrainConfig, UsageError, model_dims, resolve_config
 from mlx_train.data import DataError, JsonlSource, make_dataset, split_indices, tokenizer_texts
 from mlx_train.tokenizer import Tok, render_chat, train_tokenizer

@@ -22,7 +22,7 @@ import numpy as np
 from mlx.utils import tree_map
 
 from mlx_train.config import TrainConfig
-from mlx_train.data import Dataset, DataError, JsonlSource, split_indices
+from mlx_train.data import DataError, Dataset, JsonlSource, split_indices
 from mlx_train.stages import LossFn
 from mlx_train.tblog import TBLogger
 from mlx_train.tokenizer import Tok
