@@ -62,7 +62,7 @@ def autostart_tensorboard(logdir: str | Path | None) -> Any:
     Returns the handle (stop it at the end). Without tb_lazy installed, nothing happens and
     nothing is printed.
     """
-    if logdir is None or os.environ.get("TB_AUTO", "1").strip() == "0":
+    if logdir is None:  # (TB_AUTO and the rank guard are tb_lazy.autostart's to honour)
         return None
     try:
         import tb_lazy

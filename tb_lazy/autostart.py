@@ -17,7 +17,7 @@ import threading
 from types import TracebackType
 
 from tb_lazy.config import UsageError, other_rank, parse_bool
-from tb_lazy.launch import stop_process
+from tb_lazy.launch import START_TIMEOUT, Served, tensorboard_command
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -64,8 +64,7 @@ class Board:
                 continue
             self.info = info
             if not info.get("reused") or self._announce_reuse:
-                reused = ", reused" if info.get("reused") else ""
-                print(f"[tensorboard] {info['url']} (pid={info['pid']}{reused})", flush=True)
+                print(Served(**info).line(), flush=True)
             self._served.set()
         self._proc.wait()
         self._served.set()
@@ -84,11 +83,14 @@ class Board:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=1.0)  # a watcher that has served is about to end by itself
         if self._proc is not None and self._proc.poll() is None:
-            stop_process(self._proc.pid, grace=90.0)
+            self._proc.terminate()  # it finishes a launch in progress, then ends
+            try:
+                self._proc.wait(timeout=START_TIMEOUT + 30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
         if self._reader is not None:
             self._reader.join(timeout=5)
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.wait(timeout=5)
 
     def __enter__(self) -> Board:
         return self
@@ -119,6 +121,8 @@ def autostart(
         return Board(logdir, None, announce_reuse=False)
     if quiet_reuse is None:
         quiet_reuse = _flag("TB_LAZY_QUIET_REUSE", False)
+    if quiet_reuse and tensorboard_command() is None:
+        return Board(logdir, None, announce_reuse=False)  # the pipeline's watcher already warned
     command = [sys.executable, "-m", "tb_lazy", "watch", os.fspath(logdir), "--exit-with", str(os.getpid()), "--json"]
     for flag, value in (("--host", host), ("--port", port), ("--poll", poll)):
         if value is not None:

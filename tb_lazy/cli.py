@@ -174,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    except OSError as error:  # e.g. the state folder became unwritable mid-way
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"{PROG}: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 0
 

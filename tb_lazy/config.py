@@ -26,7 +26,6 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     keep: bool = True
-    auto: bool = True
     poll: float | None = None  # seconds between scans; None: inotify (polling only as a fallback)
     timeout: float | None = None  # give up waiting for the first event file after this long
     exit_with: int | None = None  # stop waiting (and, without keep, stop TensorBoard) when this PID ends
@@ -109,9 +108,10 @@ def resolve(
 ) -> Settings:
     """Merge explicit options (``None`` = not given) with ``TB_*`` variables and defaults."""
     env = os.environ if env is None else env
-    auto = parse_bool("TB_AUTO", env["TB_AUTO"]) if env.get("TB_AUTO", "").strip() else True
     if host is None:
         host = env.get("TB_HOST", "").strip() or DEFAULT_HOST
+    if not host.strip():
+        raise UsageError("--host is empty; give an address such as 127.0.0.1 (or 0.0.0.0 for all)")
     if port is None:
         port = parse_port("TB_PORT", env["TB_PORT"]) if env.get("TB_PORT", "").strip() else DEFAULT_PORT
     if keep is None:
@@ -121,11 +121,17 @@ def resolve(
         host=host.strip(),
         port=parse_port("--port", port),
         keep=keep,
-        auto=auto,
         poll=None if poll is None else parse_seconds("--poll", poll),
         timeout=None if timeout is None else parse_seconds("--timeout", timeout),
         exit_with=None if exit_with is None else parse_pid("--exit-with", exit_with),
     )
+
+
+def auto_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """``TB_AUTO``: on unless set to a no-value; a bad value is a UsageError."""
+    env = os.environ if env is None else env
+    value = env.get("TB_AUTO", "").strip()
+    return parse_bool("TB_AUTO", value) if value else True
 
 
 def other_rank(env: Mapping[str, str] | None = None) -> str | None:

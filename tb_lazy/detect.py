@@ -31,7 +31,7 @@ from watchdog.observers.polling import PollingObserver
 
 from tb_lazy.messages import warn
 
-_SLICE = 0.2  # seconds between checks of stop conditions while waiting
+SLICE = 0.2  # seconds between checks of stop conditions while waiting
 _FALLBACK_POLL = 1.0  # seconds between scans when inotify can't be used
 _LIMIT_ERRORS = (errno.ENOSPC, errno.EMFILE, errno.ENOMEM)
 # Only the events the handler uses. Without a filter inotify also reports every folder
@@ -172,7 +172,7 @@ def wait_for_event_file(
             while not (handler.found or handler.moved_on):
                 if should_stop():  # one last look: a run that logged just before ending still counts
                     return find_event_file(logdir)
-                remaining = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+                remaining = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
                 if remaining <= 0:
                     return None
                 wake.wait(remaining)

@@ -79,14 +79,17 @@ def probe_host(host: str) -> str:
     return host
 
 
-def answers(host: str, port: int, *, timeout: float = 1.0) -> bool:
-    """True if a TensorBoard HTTP server answers on ``host:port``."""
+def answers(host: str, port: int, *, logdir: Path | None = None, timeout: float = 1.0) -> bool:
+    """True if a TensorBoard answers HTTP on ``host:port`` (serving ``logdir``, if given)."""
+    import json
     import urllib.request  # here, not at the top: it pulls in ssl and email (~7 MB idle)
 
     url = format_url(probe_host(host), port) + "/data/environment"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status == 200
+            if response.status != 200:
+                return False
+            return logdir is None or json.loads(response.read()).get("data_location") == os.fspath(logdir)
     except (OSError, ValueError):  # URLError is an OSError
         return False
 
@@ -186,18 +189,23 @@ def _wait_until_serving(
             if proc.poll() is not None:
                 reason = _tail_from(log_file, log_start) or f"exited with status {proc.returncode}"
                 return Failed(f"TensorBoard exited with status {proc.returncode}: {reason}", str(log_file))
-            if answers(host, port, timeout=0.5):
-                url = format_url(host, port)
-                return Served(url, host, port, proc.pid, os.fspath(logdir), reused=False, log_file=str(log_file))
+            # ours, not another TensorBoard that took the port in the meantime
+            if answers(host, port, logdir=logdir, timeout=0.5) and proc.poll() is None:
+                return Served(
+                    url=format_url(host, port),
+                    host=host,
+                    port=port,
+                    pid=proc.pid,
+                    logdir=os.fspath(logdir),
+                    reused=False,
+                    log_file=str(log_file),
+                )
             time.sleep(0.05)
         stop_process(proc.pid)
         return Failed(f"TensorBoard did not answer on port {port} within {timeout:.0f}s", str(log_file))
     except BaseException:
         stop_process(proc.pid)
         raise
-    finally:
-        if proc.poll() is not None:
-            proc.wait()
 
 
 def _tail_from(path: Path, offset: int) -> str:

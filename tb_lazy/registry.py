@@ -62,10 +62,20 @@ def _watchers_dir() -> Path:
     return state_dir() / "watchers"
 
 
+LOG_DAYS = 14  # TensorBoard log files older than this are removed, unless their TensorBoard still runs
+
+
 def new_log_file(port: int) -> Path:
-    """A fresh path for one TensorBoard's output."""
+    """A fresh path for one TensorBoard's output (old logs of ended ones are pruned)."""
+    folder = state_dir() / "logs"
+    in_use = {instance.log_file for instance in _own_records()}
+    cutoff = time.time() - LOG_DAYS * 86400
+    for old in folder.glob("tensorboard-*.log"):
+        with contextlib.suppress(OSError):
+            if str(old) not in in_use and old.stat().st_mtime < cutoff:
+                old.unlink()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return state_dir() / "logs" / f"tensorboard-{stamp}-{os.getpid()}-{port}.log"
+    return folder / f"tensorboard-{stamp}-{os.getpid()}-{port}.log"
 
 
 def add(instance: Instance) -> None:
@@ -168,41 +178,63 @@ def find_serving(logdir: Path) -> Instance | None:
 
 
 @contextlib.contextmanager
-def watching(logdir: Path) -> Iterator[None]:
-    """Announce, while the block runs, that this process watches ``logdir``."""
+def watching(logdir: Path) -> Iterator[int]:
+    """Announce, while the block runs, that this process watches ``logdir``; yields when
+    it began (for ``covering_watch``).
+
+    The announcement is a small JSON file that this process keeps locked: a watcher that
+    dies, however it dies, drops the lock, so others can tell a live watcher from a stale file.
+    """
     folder = _watchers_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{os.getpid()}.json"
     tmp = folder / f".{os.getpid()}.json.tmp"
-    tmp.write_text(json.dumps({"pid": os.getpid(), "logdir": os.fspath(logdir)}), encoding="utf-8")
-    os.replace(tmp, path)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    entry = {"pid": os.getpid(), "logdir": os.fspath(logdir), "since": time.time_ns()}
+    with open(tmp, "w", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # the lock is on the file itself: it moves with the rename
+        handle.write(json.dumps(entry))
+        handle.flush()
+        os.replace(tmp, path)
+        try:
+            yield entry["since"]
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
-def wider_watch(logdir: Path) -> str | None:
-    """The log folder of another live watcher that watches an ancestor of ``logdir``, if any.
-
-    That watcher sees every event file we see, so it is the one to start TensorBoard:
-    on the wider folder, serving us too, instead of two TensorBoards side by side.
-    """
-    logdir = Path(os.path.realpath(logdir))
+def _live_watchers() -> list[dict]:
+    """Announcements of watchers still running (stale ones are removed on the way)."""
+    found = []
     for path in sorted(_watchers_dir().glob("*.json")):
         try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
-            pid, theirs = int(entry["pid"]), Path(os.path.realpath(entry["logdir"]))
-        except (OSError, ValueError, TypeError, KeyError):
+            with open(path, encoding="utf-8") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    found.append(json.loads(handle.read()))  # locked: its watcher is alive
+                    continue
+                path.unlink()  # nobody holds it: a watcher killed without cleanup
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def covering_watch(logdir: Path, *, since: int) -> str | None:
+    """The log folder of another live watcher that will start TensorBoard for ``logdir``.
+
+    A watcher on a parent folder sees every event file we see, so it starts TensorBoard
+    (on the wider folder, serving us too) instead of two side by side; between two
+    watchers of the same folder, the one that began watching first does.
+    """
+    logdir = Path(os.path.realpath(logdir))
+    for entry in _live_watchers():
+        try:
+            pid, theirs, their_since = int(entry["pid"]), Path(os.path.realpath(entry["logdir"])), int(entry["since"])
+        except (KeyError, TypeError, ValueError):
             continue
         if pid == os.getpid():
             continue
-        if not _is_process(pid, b"tb_lazy"):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # a watcher killed without cleanup
-            continue
-        if theirs in logdir.parents:
+        if theirs in logdir.parents or (theirs == logdir and (their_since, pid) < (since, os.getpid())):
             return os.fspath(theirs)
     return None
 

@@ -7,6 +7,7 @@ reason) or ``Failed`` (TensorBoard would not start). Bad input raises ``UsageErr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -14,8 +15,8 @@ import time
 from collections.abc import Callable
 
 from tb_lazy import registry
-from tb_lazy.config import Settings, UsageError, is_public_host, other_rank, resolve
-from tb_lazy.detect import wait_for_event_file
+from tb_lazy.config import Settings, UsageError, auto_enabled, is_public_host, other_rank, resolve
+from tb_lazy.detect import SLICE, wait_for_event_file
 from tb_lazy.launch import (
     PORT_TRIES,
     START_TIMEOUT,
@@ -29,8 +30,6 @@ from tb_lazy.launch import (
     tensorboard_command,
 )
 from tb_lazy.messages import warn
-
-_SLICE = 0.2  # seconds between checks while waiting on a process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,10 +62,10 @@ def watch(
     called once TensorBoard answers HTTP. Without ``keep``, a TensorBoard we started is
     stopped when ``exit_with`` ends or ``stop`` is set, and this call blocks until then.
     """
+    if not auto_enabled():
+        return Skipped("TensorBoard auto-start is off (TB_AUTO=0)")
     settings = resolve(logdir, host=host, port=port, keep=keep, poll=poll, timeout=timeout, exit_with=exit_with)
     stop = stop or threading.Event()
-    if not settings.auto:
-        return Skipped("TensorBoard auto-start is off (TB_AUTO=0)")
     if rank := other_rank():
         return Skipped(f"not rank 0 ({rank}): only rank 0 starts TensorBoard")
     if tensorboard_command() is None:
@@ -81,13 +80,18 @@ def watch(
     def ended() -> bool:
         return stop.is_set() or (settings.exit_with is not None and not pid_alive(settings.exit_with))
 
-    with registry.watching(settings.logdir):
+    with contextlib.ExitStack() as stack:
+        try:
+            since = stack.enter_context(registry.watching(settings.logdir))
+        except OSError as error:
+            state = registry.state_dir()
+            raise UsageError(f"tb_lazy's state folder {state} can't be used: {error.strerror or error}") from None
         found = wait_for_event_file(settings.logdir, poll=settings.poll, timeout=settings.timeout, should_stop=ended)
         if found is None:
             return Skipped(_why_not(settings, stop))
         if not settings.keep and ended():  # it would be stopped again at once
             return Skipped(f"the run ended as {found} appeared; TB_KEEP=0, so nothing started")
-        outcome = _reuse_or_launch(settings)
+        outcome = _reuse_or_launch(settings, since)
     if isinstance(outcome, Served):
         owned = not outcome.reused and not settings.keep
         try:
@@ -111,12 +115,12 @@ def _why_not(settings: Settings, stop: threading.Event) -> str:
     return f"no event file under {where} after {settings.timeout:g}s; nothing started"
 
 
-def _reuse_or_launch(settings: Settings) -> Served | Failed:
+def _reuse_or_launch(settings: Settings, since: int) -> Served | Failed:
     """A live TensorBoard serving the folder, or a new one, decided under the launch lock.
 
-    While another watcher watches a parent folder, it starts TensorBoard (for both of
-    us) and owns it; we wait for that and reuse it, launching ourselves only if it
-    doesn't come within the start timeout.
+    While another watcher covers our folder (watches a parent, or the same folder since
+    before us), it starts TensorBoard for both of us and owns it; we wait for that and
+    reuse it, launching ourselves only if it doesn't come within the start timeout.
     """
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -124,11 +128,17 @@ def _reuse_or_launch(settings: Settings) -> Served | Failed:
             instance = registry.find_serving(settings.logdir)
             if instance is not None:
                 return Served(
-                    instance.url, instance.host, instance.port, instance.pid, instance.logdir, True, instance.log_file
+                    url=instance.url,
+                    host=instance.host,
+                    port=instance.port,
+                    pid=instance.pid,
+                    logdir=instance.logdir,
+                    reused=True,
+                    log_file=instance.log_file,
                 )
-            if time.monotonic() > deadline or registry.wider_watch(settings.logdir) is None:
+            if time.monotonic() > deadline or registry.covering_watch(settings.logdir, since=since) is None:
                 return _launch(settings)
-        time.sleep(_SLICE / 2)
+        time.sleep(SLICE / 2)
 
 
 def _launch(settings: Settings) -> Served | Failed:
@@ -152,7 +162,7 @@ def _launch(settings: Settings) -> Served | Failed:
 def _wait_then_stop(pid: int, ended: Callable[[], bool]) -> None:
     """Without keep: hold on until the run ends (or TensorBoard dies), then stop it."""
     while not ended() and pid_alive(pid):
-        time.sleep(_SLICE)
+        time.sleep(SLICE)
     _stop_ours(pid)
 
 

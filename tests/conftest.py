@@ -159,6 +159,17 @@ class TbEnv:
         self._procs.append(proc)
         return proc
 
+    def watching(self, proc: Proc, timeout: float = 30.0) -> None:
+        """Wait until ``proc`` (a watcher) has announced its watch: its observer is next.
+
+        The announcement comes just before the observer is scheduled, so a short pause
+        after it lets the observer settle too.
+        """
+        announced = self.root / "state" / "watchers" / f"{proc.pid}.json"
+        assert wait_for(lambda: announced.exists() or proc.proc.poll() is not None, timeout), "watcher never started"
+        assert proc.proc.poll() is None, f"watcher ended early: {proc.stderr}"
+        time.sleep(0.3)
+
     def spawn(self, args: list[str], env: dict[str, str] | None = None, **popen) -> Proc:
         """Start any helper process that teardown must stop."""
         proc = Proc(args, env={**self.env, **(env or {})}, **popen)

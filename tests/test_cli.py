@@ -40,6 +40,9 @@ def one_error_line(capsys) -> str:
         (["watch", "{dir}", "--timeout", "soon"], {}, "--timeout='soon' is not a number"),
         (["watch", "{dir}"], {"TB_KEEP": "maybe"}, "TB_KEEP='maybe' is not a yes/no value"),
         (["watch", "{dir}"], {"TB_HOST": "203.0.113.7"}, "can't be listened on"),
+        (["watch", "{dir}", "--host", ""], {}, "--host is empty"),
+        (["watch", "{dir}"], {"TB_AUTO": "perhaps"}, "TB_AUTO='perhaps' is not a yes/no value"),
+        (["watch", "{dir}"], {"TB_LAZY_STATE_DIR": "{file}/state"}, "state folder"),
         (["watch", "{dir}", "--frobnicate"], {}, "unrecognized arguments: --frobnicate"),
         (["watch"], {}, "required: DIR"),
         (["stop"], {}, "one of the arguments DIR --all is required"),
@@ -51,7 +54,7 @@ def test_bad_input_is_one_line_and_exit_2(tb_env, capsys, monkeypatch, argv, env
     afile.write_text("x")
     argv = [a.format(file=afile, dir=tb_env.root / "logs") for a in argv]
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        monkeypatch.setenv(name, value.format(file=afile))
     assert main(argv) == 2
     line = one_error_line(capsys)
     assert line.startswith("tb-lazy: error:") and expected in line, line
@@ -60,6 +63,7 @@ def test_bad_input_is_one_line_and_exit_2(tb_env, capsys, monkeypatch, argv, env
 
 def test_auto_off_says_so_once_and_exits_0(tb_env, capsys, monkeypatch):
     monkeypatch.setenv("TB_AUTO", "0")
+    monkeypatch.setenv("TB_PORT", "abc")  # off means off: the rest isn't even read
     write_scalar(tb_env.root / "logs")
     assert main(["watch", str(tb_env.root / "logs")]) == 0
     assert one_error_line(capsys) == "[tb_lazy] TensorBoard auto-start is off (TB_AUTO=0)"
@@ -177,7 +181,7 @@ def test_list_shows_a_tensorboard_started_outside_tb_lazy(tb_env, capsys):
 
 def test_sigterm_while_waiting_ends_the_watch_quietly(tb_env):
     watcher = tb_env.run("watch", str(tb_env.root / "logs"))
-    time.sleep(1.0)
+    tb_env.watching(watcher)
     watcher.proc.terminate()
     assert watcher.wait() == 0
     assert watcher.stdout == [] and "stopped before any event file" in "\n".join(watcher.stderr)
@@ -187,7 +191,7 @@ def test_ctrl_c_while_waiting_exits_130(tb_env):
     import signal
 
     watcher = tb_env.run("watch", str(tb_env.root / "logs"))
-    time.sleep(1.0)
+    tb_env.watching(watcher)
     os.kill(watcher.pid, signal.SIGINT)
     assert watcher.wait() == 130
     assert not any("Traceback" in line for line in watcher.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -12,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from conftest import free_port, get_json, tensorboard_pids, wait_for, write_scalar
 
 from tb_lazy.launch import pid_alive, port_is_free
@@ -34,7 +36,7 @@ def scalar_tags(port: int) -> dict:
 def test_nothing_starts_without_an_event_file(tb_env):
     logdir = tb_env.root / "logs"
     watcher = tb_env.run("watch", str(logdir))
-    time.sleep(1.0)
+    tb_env.watching(watcher)
     (logdir / "run").mkdir(parents=True)
     (logdir / "run" / "events.txt").write_text("not an event file")
     (logdir / "run" / "model.ckpt").write_bytes(b"\0" * 64)
@@ -48,7 +50,7 @@ def test_nothing_starts_without_an_event_file(tb_env):
 def test_late_deeply_nested_folder_is_detected_and_url_means_serving(tb_env):
     logdir = tb_env.root / "not" / "yet" / "there"
     watcher = tb_env.run("watch", str(logdir))
-    time.sleep(0.8)  # the watcher is waiting on an ancestor by now
+    tb_env.watching(watcher)  # waiting on an ancestor by now
     run = logdir / "stage" / "a" / "b" / "c"
     write_scalar(run, tag="train/loss", value=2.5)
     port, pid, reused = served(watcher.next_line(60))
@@ -101,13 +103,32 @@ def test_second_watch_on_same_folder_or_subfolder_reuses(tb_env):
 def test_two_watchers_triggered_by_the_same_file_start_one_tensorboard(tb_env):
     logdir = tb_env.root / "tf_dir"
     pipeline = tb_env.run("watch", str(logdir))
+    tb_env.watching(pipeline)
     trainer = tb_env.run("watch", str(logdir / "sft"), "--port", str(free_port()))
-    time.sleep(1.0)
+    tb_env.watching(trainer)
     write_scalar(logdir / "sft")
     a, b = served(pipeline.next_line(60)), served(trainer.next_line(60))
-    assert a[:2] == b[:2], "both must point at the same TensorBoard"
-    assert sorted([a[2], b[2]]) == [False, True], "exactly one launched, the other reused"
+    assert a == (tb_env.port, a[1], False), "the watcher of the parent folder starts TensorBoard"
+    assert b == (a[0], a[1], True), "the subfolder's watcher reuses it"
     assert pipeline.wait() == 0 and trainer.wait() == 0
+    assert tensorboard_pids(tb_env.root) == [a[1]]
+    assert get_json(f"http://127.0.0.1:{a[0]}/data/environment")["data_location"] == str(logdir)
+
+
+def test_two_watchers_of_one_folder_start_one_tensorboard_the_first_one(tb_env):
+    """The first watcher is started as the installed ``tb-lazy`` script, the second as a module."""
+    script = Path(sys.executable).with_name("tb-lazy")
+    if not script.exists():
+        pytest.skip("the tb-lazy console script is not installed beside this interpreter")
+    logdir = tb_env.root / "tf_dir" / "distill"
+    first = tb_env.spawn([str(script), "watch", str(logdir)])
+    tb_env.watching(first)
+    second = tb_env.run("watch", str(logdir), "--port", str(free_port()))
+    tb_env.watching(second)
+    write_scalar(logdir)
+    a, b = served(first.next_line(60)), served(second.next_line(60))
+    assert a == (tb_env.port, a[1], False) and b == (a[0], a[1], True)
+    assert first.wait() == 0 and second.wait() == 0
     assert tensorboard_pids(tb_env.root) == [a[1]]
 
 
@@ -152,18 +173,19 @@ def test_no_keep_stops_tensorboard_with_its_parent(tb_env):
 
 
 def test_keep_survives_the_pipelines_ctrl_c(tb_env):
-    """A bash 'pipeline' in its own process group runs the watcher; Ctrl-C hits the whole group."""
+    """A 'pipeline' (a Python parent with Ctrl-C's default action) in its own process group
+    runs the watcher in the foreground group; Ctrl-C then hits the whole group."""
     logdir = tb_env.root / "logs"
-    script = f'"{sys.executable}" -m tb_lazy watch "$1" --exit-with $$ & wait'
-    pipeline = tb_env.spawn(["bash", "-c", script, "bash", str(logdir)], start_new_session=True)
-    time.sleep(1.0)
+    parent = (
+        "import os, subprocess, sys, time; "
+        "args = ['watch', sys.argv[1], '--exit-with', str(os.getpid())]; "
+        "subprocess.run([sys.executable, '-m', 'tb_lazy', *args]); time.sleep(600)"
+    )
+    pipeline = tb_env.spawn([sys.executable, "-c", parent, str(logdir)], start_new_session=True)
     write_scalar(logdir)
     _, pid, _ = served(pipeline.next_line(60))
-    import os
-
     os.killpg(pipeline.pid, signal.SIGINT)
-    pipeline.wait(timeout=20)
-    time.sleep(0.5)
+    assert pipeline.wait(timeout=20) != 0, "the pipeline itself dies of the Ctrl-C"
     assert pid_alive(pid), "TensorBoard died with the pipeline's Ctrl-C although TB_KEEP=1"
     with urllib.request.urlopen(f"http://127.0.0.1:{tb_env.port}/data/environment", timeout=5) as response:
         assert response.status == 200
@@ -172,7 +194,7 @@ def test_keep_survives_the_pipelines_ctrl_c(tb_env):
 def test_polling_mode_finds_a_late_folder(tb_env):
     logdir = tb_env.root / "nfs" / "logs"
     watcher = tb_env.run("watch", str(logdir), "--poll", "0.2")
-    time.sleep(0.8)
+    tb_env.watching(watcher)
     write_scalar(logdir / "run")
     port, _, _ = served(watcher.next_line(60))
     assert port == tb_env.port and watcher.wait() == 0
@@ -181,7 +203,7 @@ def test_polling_mode_finds_a_late_folder(tb_env):
 def test_paths_with_spaces_quotes_and_non_ascii(tb_env):
     logdir = tb_env.root / "运行 1" / "it's \"quoted\""
     watcher = tb_env.run("watch", str(logdir), "--json")
-    time.sleep(0.5)
+    tb_env.watching(watcher)
     write_scalar(logdir / "stage")
     info = json.loads(watcher.next_line(60))
     assert info["logdir"] == str(logdir)
