@@ -23,7 +23,8 @@ Options:
   --run-dpo         run DPO after SFT (preference pairs, frozen reference model)
   --run-r1          run R1 reasoning SFT (<think>...</think><answer>...</answer>)
   --skip-infer      no inference sample at the end
-  --infer-only      no training: sample from the newest checkpoint under \$OUT_DIR
+  --infer-only      no training: sample from the last stage's checkpoint under \$OUT_DIR
+                    (r1, else dpo, else sft, else pretrain)
   -h, --help        this text
 
 Environment (defaults in brackets):
@@ -106,14 +107,11 @@ ensure_data() {
   for f in "$PRETRAIN_DATA" "$SFT_DATA" "$DPO_DATA" "$R1_DATA"; do
     if [[ "$f" == "$DATA_DIR"/* && ! -f "$f" ]]; then
       info "generating the bundled data in $DATA_DIR"
-      "$PY" -m mlx_train.data --out_dir "$DATA_DIR"
+      run_child "$PY" -m mlx_train.data --out_dir "$DATA_DIR"
       return 0
     fi
   done
 }
-
-# has_checkpoint DIR — true if DIR holds a finished step_* checkpoint.
-has_checkpoint() { compgen -G "$1/step_*/config.json" >/dev/null; }
 
 LAST_OUT=""
 
@@ -124,7 +122,8 @@ train() {
   [[ -n "$TF_DIR" ]] && args+=(--tensorboard_dir "$TF_DIR/$stage")
   [[ -n "$init" ]] && args+=(--init_from "$init")
   info "stage $stage: training ($task)"
-  "$PY" -m mlx_train.train "${args[@]}" "${COMMON[@]}" "${EXTRA[@]}"
+  # ${a[@]+"${a[@]}"}: an empty array is fine under set -u in bash before 4.4 (macOS) too
+  run_child "$PY" -m mlx_train.train "${args[@]}" ${COMMON[@]+"${COMMON[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
   LAST_OUT="$OUT_DIR/$stage"
 }
 
@@ -151,7 +150,7 @@ stage_infer() {
     return 1
   fi
   info "inference sample from $checkpoint"
-  "$PY" -m mlx_train.infer --checkpoint "$checkpoint" --prompt "$INFER_PROMPT" --chat
+  run_child "$PY" -m mlx_train.infer --checkpoint "$checkpoint" --prompt "$INFER_PROMPT" --chat
 }
 
 on_exit() { tb_autostart_finish; }
@@ -159,9 +158,7 @@ on_exit() { tb_autostart_finish; }
 main() {
   parse_args "$@"
   settings
-  trap on_exit EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
+  install_traps on_exit
   ensure_env
   if ((INFER_ONLY)); then
     stage_infer

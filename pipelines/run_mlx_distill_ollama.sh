@@ -77,15 +77,12 @@ settings() {
   OUT_DIR=${OUT_DIR:-./out}
   DISTILL_DATA=${DISTILL_DATA:-$DATA_DIR/distill_sft.jsonl}
   SMOKE_ARGS=()
-  GEN_ARGS=()
   if ((SMOKE)); then
     export COLD_SAMPLES=${COLD_SAMPLES:-8} TOTAL_SAMPLES=${TOTAL_SAMPLES:-16}
     TEACHER_MAX_TOKENS=${TEACHER_MAX_TOKENS:-64}
     SMOKE_ARGS=(--preset tiny --max_steps 20 --batch_size 4 --seq_len 128 --log_interval 5
       --eval_interval 10 --save_interval 20 --warmup_steps 2)
   fi
-  [[ -n "${TEACHER_MAX_TOKENS:-}" ]] && GEN_ARGS+=(--max-tokens "$TEACHER_MAX_TOKENS")
-  return 0
 }
 
 student_init() {
@@ -95,7 +92,7 @@ student_init() {
     return 0
   fi
   for stage in sft pretrain; do
-    if compgen -G "$OUT_DIR/$stage/step_*/config.json" >/dev/null; then
+    if has_checkpoint "$OUT_DIR/$stage"; then
       printf '%s' "$OUT_DIR/$stage"
       return 0
     fi
@@ -104,16 +101,11 @@ student_init() {
 
 GEN_PID=""
 
-generate() {
-  "$PY" -m mlx_train.distill --out "$DISTILL_DATA" "${GEN_ARGS[@]}" "$@"
-}
-
-stop_generator() {
-  local pid=$GEN_PID
-  GEN_PID=""
-  [[ -n "$pid" ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+# generator_command — the teacher-data generator's command line, in GEN_CMD.
+generator_command() {
+  GEN_CMD=("$PY" -m mlx_train.distill --out "$DISTILL_DATA")
+  [[ -n "${TEACHER_MAX_TOKENS:-}" ]] && GEN_CMD+=(--max-tokens "$TEACHER_MAX_TOKENS")
+  return 0
 }
 
 train_student() {
@@ -122,33 +114,36 @@ train_student() {
   args=(--task sft --data_path "$DISTILL_DATA" --reload_data --out_dir "$OUT_DIR/distill")
   [[ -n "$init" ]] && args+=(--init_from "$init")
   info "training the student on $DISTILL_DATA${init:+ (from $init)}"
-  "$PY" -m mlx_train.train "${args[@]}" "${SMOKE_ARGS[@]}" "${TRAIN_ARGS[@]}"
+  # ${a[@]+"${a[@]}"}: an empty array is fine under set -u in bash before 4.4 (macOS) too
+  run_child "$PY" -m mlx_train.train "${args[@]}" ${SMOKE_ARGS[@]+"${SMOKE_ARGS[@]}"} \
+    ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
 }
 
 on_exit() {
-  stop_generator
+  stop_child "$GEN_PID"
+  GEN_PID=""
   tb_autostart_finish
 }
 
 main() {
   parse_args "$@"
   settings
-  trap on_exit EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
+  install_traps on_exit
   ensure_env
   mkdir -p "$(dirname "$DISTILL_DATA")"
   # [tb] auto-start: only when training is given --tensorboard_dir.
-  tb_autostart "$(tb_logdir_from_args "${TRAIN_ARGS[@]}")"
+  tb_autostart "$(tb_logdir_from_args ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"})"
   info "asking the teacher for the first samples"
-  generate --until cold
-  generate --until total &
+  generator_command
+  run_child "${GEN_CMD[@]}" --until cold
+  "${GEN_CMD[@]}" --until total &
   GEN_PID=$!
   train_student
   if kill -0 "$GEN_PID" 2>/dev/null; then
     info "training finished before generation; stopping it (a re-run resumes where it stopped)"
   fi
-  stop_generator
+  stop_child "$GEN_PID"
+  GEN_PID=""
 }
 
 main "$@"

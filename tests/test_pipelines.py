@@ -148,6 +148,31 @@ def test_ctrl_c_exits_130_and_keeps_tensorboard(own_root):
         pipeline.stop()
 
 
+def test_sigterm_reaches_a_long_stage_at_once(own_root):
+    """A scheduler's TERM must not wait for the stage to finish (here: it never would)."""
+    env = pipeline_env(own_root, TB_AUTO="0", SKIP_SFT="1")
+    pipeline = Proc(["bash", str(RUN_MLX), "--smoke-test", "--", "--max_steps", "1000000"], env=env, cwd=own_root)
+    try:
+        line = pipeline.next_line(timeout=300)
+        while line is not None and "step" not in line:
+            line = pipeline.next_line(timeout=300)
+        assert line is not None, f"training never started: {pipeline.stderr[-5:]}"
+        pipeline.proc.terminate()  # the script only, as `kill PID` would
+        assert pipeline.wait(timeout=60) == 143
+        assert [pid for pid in pids_mentioning(str(own_root)) if pid != pipeline.pid] == []
+    finally:
+        pipeline.stop()
+
+
+def test_keep_off_stops_tensorboard_when_the_pipeline_ends(own_root):
+    env = pipeline_env(own_root, TB_KEEP="0", SKIP_SFT="1")
+    result = run(RUN_MLX, "--smoke-test", "--skip-infer", env=env, cwd=own_root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (_, pid), = URL_LINE.findall(result.stdout)
+    assert wait_for(lambda: tensorboard_pids(own_root) == [], timeout=15), f"TensorBoard {pid} outlived the run"
+    assert watchers_under(own_root) == []
+
+
 # ---- distillation ------------------------------------------------------------------------------
 
 
@@ -198,7 +223,7 @@ def test_distill_from_an_openai_compatible_teacher(teacher, smoke, tmp_path):
             assert user["content"].strip() and isinstance(assistant["content"], str)
         assert len({row["conversations"][0]["content"] for row in rows}) == len(rows), "no duplicate prompts"
         urls = URL_LINE.findall(result.stdout)
-        assert len(urls) == 1, result.stdout
+        assert len(urls) == 1 and result.stdout.count("[tensorboard]") == 1, result.stdout
         tags = wait_for(lambda: get_json(f"{urls[0][0]}/data/plugin/scalars/tags"), timeout=30)
         assert tags and "train/loss" in next(iter(tags.values()))
         assert len(tensorboard_pids(run_root)) == 1

@@ -29,3 +29,42 @@ ensure_env() {
   "$PY" -m pip install -q -e "${REPO}[dev]"
   touch "$stamp"
 }
+
+# has_checkpoint DIR — true if DIR holds a finished step_* checkpoint.
+has_checkpoint() { compgen -G "$1/step_*/config.json" >/dev/null; }
+
+# stop_child PID — ask a background child to end (SIGTERM) and wait for it. Safe on "".
+stop_child() {
+  [[ -n "${1:-}" ]] || return 0
+  kill -TERM "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+CHILD_PID=""
+
+# run_child CMD... — run CMD and return its status; a signal to the script reaches it at
+# once (bash runs traps only between commands, so a foreground stage would hold it up).
+run_child() {
+  local status=0
+  "$@" &
+  CHILD_PID=$!
+  wait "$CHILD_PID" || status=$?
+  CHILD_PID=""
+  return "$status"
+}
+
+# on_signal STATUS — trap body for INT/TERM: stop the running stage, then exit STATUS
+# (the EXIT trap does the rest of the cleanup).
+on_signal() {
+  stop_child "$CHILD_PID"
+  CHILD_PID=""
+  exit "$1"
+}
+
+# install_traps CLEANUP — run CLEANUP on exit; Ctrl-C exits 130, TERM 143.
+install_traps() {
+  # shellcheck disable=SC2064  # expand CLEANUP now
+  trap "$1" EXIT
+  trap 'on_signal 130' INT
+  trap 'on_signal 143' TERM
+}

@@ -6,7 +6,7 @@
 # prints "[tensorboard] http://HOST:PORT (pid=N)" once it answers. A run that never logs
 # starts nothing. Variables: TB_AUTO (1), TB_HOST (127.0.0.1), TB_PORT (6006), TB_KEEP (1).
 #
-# Needs: PY (the interpreter with the project installed).
+# Needs: PY (the interpreter with the project installed) and lib/common.sh.
 
 TB_WATCHER_PID=""
 
@@ -28,11 +28,8 @@ tb_autostart() {
 # logged, nothing starts); one starting TensorBoard finishes and prints the URL first;
 # with TB_KEEP=0 it stops TensorBoard. Safe to call twice.
 tb_autostart_finish() {
-  local pid=$TB_WATCHER_PID
+  stop_child "$TB_WATCHER_PID"
   TB_WATCHER_PID=""
-  [[ -n "$pid" ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
 }
 
 # tb_logdir_from_args ARGS... — the value of --tensorboard_dir DIR / --tensorboard_dir=DIR, if any.
