@@ -157,7 +157,9 @@ def _run_stop(args: argparse.Namespace) -> int:
         if not stopped:
             note("no TensorBoard started by tb_lazy is running")
         return 0
-    print(f"{PROG}: error: no TensorBoard started by tb_lazy serves {target}", file=sys.stderr)
+    wider = next((i for i in registry.running() if i.source == "tb_lazy" and i.serves(target)), None)
+    hint = f"; pid {wider.pid} serves its parent {wider.logdir}: 'tb-lazy stop {wider.logdir}'" if wider else ""
+    print(f"{PROG}: error: no TensorBoard started by tb_lazy serves exactly {target}{hint}", file=sys.stderr)
     return 1
 
 

@@ -29,7 +29,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from tb_lazy.messages import warn
+from tb_lazy.messages import note, warn
 
 SLICE = 0.2  # seconds between checks of stop conditions while waiting
 _FALLBACK_POLL = 1.0  # seconds between scans when inotify can't be used
@@ -102,6 +102,30 @@ class _Handler(FileSystemEventHandler):
             self._wake.set()
 
 
+NETWORK_FILE_SYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre",
+                        "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone", "virtiofs"}
+
+
+def file_system_type(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the file system ``path`` lives on, from ``/proc/mounts`` (None if unknown)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
 def make_observer(poll: float | None) -> BaseObserver:
     """inotify (or the platform's native API) unless a polling interval is given."""
     return PollingObserver(timeout=poll) if poll else Observer()
@@ -140,10 +164,13 @@ def wait_for_event_file(
 
     Returns None when ``timeout`` seconds pass or ``should_stop()`` turns true first
     (checked several times a second; a last scan then catches a file the events didn't
-    bring yet). If inotify can't be set up (watch or instance limit reached), falls back
-    to polling once a second.
+    bring yet). On a network file system, or if inotify can't be set up (watch or
+    instance limit reached), polls once a second instead.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
+    if poll is None and (kind := file_system_type(nearest_existing(logdir))) in NETWORK_FILE_SYSTEMS:
+        note(f"{logdir} is on {kind}, where inotify misses other machines' writes; polling every {_FALLBACK_POLL:g}s")
+        poll = _FALLBACK_POLL
     wake = threading.Event()
     handler = _Handler(logdir, wake)
     observer = _started(observer_factory, poll, logdir)

@@ -148,7 +148,10 @@ def test_list_and_stop(tb_env, capsys):
     assert f"http://127.0.0.1:{tb_env.port}" in out and str(instance.pid) in out and str(logdir) in out
     assert instance.log_file and instance.log_file in out and Path(instance.log_file).exists()
     assert main(["stop", str(tb_env.root / "elsewhere")]) == 1
-    assert "no TensorBoard started by tb_lazy serves" in capsys.readouterr().err
+    assert "no TensorBoard started by tb_lazy serves exactly" in one_error_line(capsys)
+    assert main(["stop", str(logdir / "run")]) == 1
+    assert f"pid {instance.pid} serves its parent {logdir}" in one_error_line(capsys)
+    assert pid_alive(instance.pid)
     assert main(["stop", str(logdir)]) == 0
     assert not pid_alive(instance.pid)
     assert main(["stop", "--all"]) == 0, "stopping twice is fine"

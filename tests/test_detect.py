@@ -143,3 +143,26 @@ def test_a_file_deep_in_a_tree_of_ten_thousand_folders_is_seen(tmp_path):
     target = logdir / "run057" / "sub042" / "events.out.tfevents.1.host"
     target.write_bytes(b"\0" * 40)
     assert finish(thread, result) == target
+
+
+def test_network_file_systems_are_recognised_from_the_mount_table():
+    """The mount table is given: an NFS server can't be mounted here to test with."""
+    mounts = (
+        "/dev/vda / ext4 rw 0 0\n"
+        "server:/export /mnt/shared nfs4 rw 0 0\n"
+        "host:/data /mnt/with\\040space fuse.sshfs rw 0 0\n"
+        "tmpfs /mnt/shared/local tmpfs rw 0 0\n"
+    )
+    from tb_lazy.detect import NETWORK_FILE_SYSTEMS, file_system_type
+
+    assert file_system_type(Path("/mnt/shared/runs/x"), mounts) == "nfs4"
+    assert file_system_type(Path("/mnt/shared/local/x"), mounts) == "tmpfs", "the deepest mount point wins"
+    assert file_system_type(Path("/mnt/sharedX"), mounts) == "ext4", "a name prefix is not a mount point"
+    assert file_system_type(Path("/mnt/with space/logs"), mounts) == "fuse.sshfs"
+    assert {"nfs4", "fuse.sshfs"} <= NETWORK_FILE_SYSTEMS and "ext4" not in NETWORK_FILE_SYSTEMS
+
+
+def test_the_local_file_system_is_not_polled(tmp_path, capsys):
+    event_file = write_scalar(tmp_path / "logs")
+    assert wait_for_event_file(tmp_path / "logs", timeout=5) == event_file
+    assert "polling" not in capsys.readouterr().err
