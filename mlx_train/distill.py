@@ -11,43 +11,31 @@ answered are skipped, and generation stops once the file holds the target number
 `--until cold` stops at COLD_SAMPLES so a pipeline can start training early, then run
 `--until total` in the background while the trainer re-reads the file each epoch.
 
-Layering: `Teacher` talks HTTP, `SampleFile` owns the output file, `generate()` runs the worker
-pool, `main()` resolves flags and environment and turns failures into one line and an exit code.
+Layering: `Teacher` talks HTTP (mlx_train.teacher), `SampleFile` owns the output file
+(mlx_train.samples), `generate()` runs the worker pool, `main()` resolves flags and environment
+and turns failures into one line and an exit code.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
-import ipaddress
-import json
 import os
 import queue
 import random
-import re
 import signal
-import socket
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlx_train.prompts import PromptFileError, iter_builtin_prompts, load_prompts_file
+from mlx_train.samples import SampleFile, UsageError  # UsageError: the lowest layer raising it
+from mlx_train.teacher import APIS, Teacher, TeacherError, _with_retries, teacher_hint
 
-try:  # advisory lock so two runs never append to the same file at once (POSIX only)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
-
-__all__ = [
-    "DistillConfig", "GenerateResult", "SampleFile", "Teacher", "TeacherError", "UsageError",
-    "generate", "main", "resolve_config",
-]
+__all__ = ["DistillConfig", "GenerateResult", "UsageError", "generate", "main", "resolve_config"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1       # every request failed, or the teacher kept failing
@@ -56,15 +44,9 @@ EXIT_TEACHER = 3      # teacher unreachable, model missing, or wrong protocol (n
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
-APIS = ("ollama", "openai")
 THINK_MODES = ("strip-empty", "strip", "keep")
 DEFAULT_URL = "http://127.0.0.1:11434"
 DEFAULT_MODEL = "qwen3:0.6b"
-BACKOFF_CAP = 30.0
-PREFLIGHT_PROMPT = "Hi"
-_THINK_BLOCK = re.compile(r"<think>(.*?)</think>\s*", re.DOTALL)
-_EMPTY_THINK_BLOCK = re.compile(r"<think>\s*</think>\s*")
-_RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 def _err(msg: str) -> None:
@@ -73,10 +55,6 @@ def _err(msg: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # configuration: flags > environment > defaults
-
-
-class UsageError(ValueError):
-    """Bad flag or environment value; main() prints it as one line and exits 2."""
 
 
 @dataclass(frozen=True)
@@ -260,324 +238,6 @@ def resolve_config(argv: list[str] | None = None, environ: dict[str, str] | None
         think=_choice("--think", args.think, THINK_MODES),
         log_every=_number("--log-every", args.log_every, int, minimum=1),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# the teacher over HTTP
-
-
-class TeacherError(Exception):
-    """A failed teacher request.
-
-    `kind`: unreachable (can't connect), connection (dropped mid-answer), timeout, http,
-    model_missing, protocol (not the expected API or format), empty (nothing left to keep).
-    """
-
-    def __init__(self, message: str, *, kind: str, status: int | None = None):
-        super().__init__(message)
-        self.kind = kind
-        self.status = status
-
-    @property
-    def retryable(self) -> bool:
-        if self.kind in ("unreachable", "connection", "timeout"):
-            return True
-        return self.kind == "http" and self.status in _RETRYABLE_STATUS
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _error_text(body: bytes) -> str:
-    """The server's own error message: Ollama {"error": str}, OpenAI {"error": {"message": str}}."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return body.decode("utf-8", "replace").strip()[:200]
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict):
-        error = error.get("message")
-    if isinstance(error, str):
-        return error
-    if isinstance(data, dict) and isinstance(data.get("detail"), str):
-        return data["detail"]
-    return json.dumps(data)[:200]
-
-
-def _clean_answer(content: str, thinking: str | None, mode: str) -> str:
-    """Apply the --think mode to an answer (content) and the server's separate thinking field."""
-    if mode == "keep":
-        if thinking and thinking.strip() and "<think>" not in content:
-            content = f"<think>\n{thinking.strip()}\n</think>\n\n{content.lstrip()}"
-        return content.strip()
-    if mode == "strip":
-        content = _THINK_BLOCK.sub("", content)
-        if content.lstrip().startswith("<think>"):  # cut off by max_tokens: thinking only
-            return ""
-        return content.strip()
-    return _EMPTY_THINK_BLOCK.sub("", content).strip()
-
-
-class Teacher:
-    """One teacher endpoint: Ollama's POST /api/chat or OpenAI's POST /v1/chat/completions."""
-
-    def __init__(self, *, api: str, url: str, model: str, timeout: float = 60.0,
-                 max_tokens: int = 512, temperature: float = 0.7, system: str | None = None,
-                 think: str = "strip-empty"):
-        if api not in APIS:
-            raise ValueError(f"api={api!r} is not one of {APIS}")
-        self.api, self.url, self.model = api, url.rstrip("/"), model
-        self.timeout, self.max_tokens, self.temperature = timeout, max_tokens, temperature
-        self.system, self.think = system, think
-        if api == "ollama":
-            self.endpoint = self.url + "/api/chat"
-        elif self.url.endswith("/v1"):
-            self.endpoint = self.url + "/chat/completions"
-        else:
-            self.endpoint = self.url + "/v1/chat/completions"
-        host = urllib.parse.urlsplit(self.url).hostname or ""
-        # a proxy from the environment must not swallow requests to a local teacher
-        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(host) else []
-        self._opener = urllib.request.build_opener(*handlers)
-
-    @property
-    def where(self) -> str:
-        return f"{self.api} API at {self.url}"
-
-    def messages(self, prompt: str) -> list[dict[str, str]]:
-        msgs = [{"role": "system", "content": self.system}] if self.system else []
-        return msgs + [{"role": "user", "content": prompt}]
-
-    def payload(self, prompt: str, *, max_tokens: int | None = None) -> dict:
-        n = self.max_tokens if max_tokens is None else max_tokens
-        if self.api == "ollama":
-            return {"model": self.model, "messages": self.messages(prompt), "stream": False,
-                    "options": {"temperature": self.temperature, "num_predict": n}}
-        return {"model": self.model, "messages": self.messages(prompt), "max_tokens": n,
-                "temperature": self.temperature, "stream": False}
-
-    def chat(self, prompt: str, *, max_tokens: int | None = None) -> str:
-        """One request; return the cleaned answer or raise TeacherError."""
-        body = self._post(self.payload(prompt, max_tokens=max_tokens))
-        content, thinking = self._parse(body)
-        return _clean_answer(content, thinking, self.think)
-
-    def preflight(self, *, retries: int = 0, backoff: float = 0.5, rng: random.Random | None = None) -> None:
-        """A 1-token chat: raise TeacherError unless the teacher answers in its protocol.
-
-        Connection refused and 404 fail at once; timeouts and 5xx are retried like any request.
-        """
-        def once() -> str:
-            body = self._post(self.payload(PREFLIGHT_PROMPT, max_tokens=1))
-            self._parse(body)  # an empty 1-token answer is fine; the shape is what we check
-            return ""
-        _with_retries(once, retries=retries, backoff=backoff, rng=rng or random.Random(0),
-                      stop=threading.Event(), fail_fast=("unreachable",))
-
-    def _post(self, payload: dict) -> bytes:
-        data = json.dumps(payload).encode()
-        req = urllib.request.Request(self.endpoint, data=data, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "Accept": "application/json"})
-        try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
-                return resp.read()
-        except urllib.error.HTTPError as exc:
-            text = _error_text(exc.read() or b"")
-            if exc.code == 404 and "not found" in text.lower() and "model" in text.lower():
-                raise TeacherError(f"model {self.model!r} not found on {self.where}: {text}",
-                                   kind="model_missing", status=404) from None
-            if exc.code in (404, 405):
-                other = "openai" if self.api == "ollama" else "ollama"
-                raise TeacherError(f"{self.endpoint} answered HTTP {exc.code} ({text or exc.reason}): "
-                                   f"not an {self.api} API here? try --api {other}",
-                                   kind="protocol", status=exc.code) from None
-            raise TeacherError(f"HTTP {exc.code} from {self.endpoint}: {text or exc.reason}",
-                               kind="http", status=exc.code) from None
-        except (TimeoutError, socket.timeout):
-            raise TeacherError(f"no answer from {self.endpoint} within {self.timeout:g}s",
-                               kind="timeout") from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, (TimeoutError, socket.timeout)):
-                raise TeacherError(f"no answer from {self.endpoint} within {self.timeout:g}s",
-                                   kind="timeout") from None
-            text = getattr(reason, "strerror", None) or str(reason)
-            raise TeacherError(f"cannot connect to {self.endpoint}: {text}", kind="unreachable") from None
-        except (OSError, http.client.HTTPException) as exc:  # dropped mid-response, ...
-            raise TeacherError(f"connection to {self.endpoint} failed: {exc!r}", kind="connection") from None
-
-    def _parse(self, body: bytes) -> tuple[str, str | None]:
-        """(content, thinking) from a response body, or TeacherError(kind=protocol)."""
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            data = self._parse_ndjson(body)
-        try:
-            if self.api == "ollama":
-                if "error" in data:
-                    raise TeacherError(f"{self.where}: {data['error']}", kind="http", status=500)
-                message = data["message"]
-            else:
-                message = data["choices"][0]["message"]
-            content = message.get("content") or ""
-            thinking = message.get("thinking") or message.get("reasoning_content") or message.get("reasoning")
-            if not isinstance(content, str):
-                raise TypeError("content is not a string")
-        except (KeyError, IndexError, TypeError, AttributeError):
-            shown = body[:120].decode("utf-8", "replace")
-            other = "openai" if self.api == "ollama" else "ollama"
-            raise TeacherError(f"{self.endpoint} did not answer in the {self.api} format "
-                               f"(got {shown!r}); try --api {other}?", kind="protocol") from None
-        return content, thinking if isinstance(thinking, str) else None
-
-    def _parse_ndjson(self, body: bytes) -> dict:
-        """A streamed Ollama answer (server ignored stream=false): join the message chunks."""
-        parts, last = [], None
-        try:
-            for line in body.decode("utf-8").splitlines():
-                if line.strip():
-                    last = json.loads(line)
-                    parts.append(last.get("message", {}).get("content", ""))
-        except (ValueError, AttributeError):
-            last = None
-        if self.api != "ollama" or not isinstance(last, dict):
-            return {}
-        return {"message": {"role": "assistant", "content": "".join(parts)}}
-
-
-def _with_retries(call: Callable[[], str], *, retries: int, backoff: float, rng: random.Random,
-                  stop: threading.Event, fail_fast: tuple[str, ...] = ()) -> str:
-    """Run `call`, retrying retryable TeacherErrors with exponential backoff and jitter."""
-    for attempt in range(retries + 1):
-        try:
-            return call()
-        except TeacherError as exc:
-            if attempt == retries or not exc.retryable or exc.kind in fail_fast:
-                raise
-            base = min(BACKOFF_CAP, backoff * 2**attempt)
-            if stop.wait(base / 2 + rng.uniform(0, base / 2)):  # stopping: give up quietly
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def teacher_hint(teacher: Teacher) -> str:
-    """What to check when the teacher can't be used."""
-    if teacher.api == "ollama":
-        return f"is `ollama serve` running? is the model pulled: `ollama pull {teacher.model}`"
-    return ("is the server running (`ollama serve`, `mlx_lm.server --model ...`, vLLM, llama.cpp) "
-            f"and serving model {teacher.model!r}?")
-
-
-# ---------------------------------------------------------------------------------------------
-# the output file
-
-
-def _user_prompt(record: object) -> str | None:
-    """The user prompt of one SFT record, or None if the record isn't a sample."""
-    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
-        return None
-    roles = {}
-    for turn in record["conversations"]:
-        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
-            return None
-        roles.setdefault(turn.get("role"), turn["content"])
-    if "user" not in roles or "assistant" not in roles:
-        return None
-    return roles["user"]
-
-
-class SampleFile:
-    """The append-only JSONL output: an exclusive lock, a repaired tail, whole-line appends.
-
-    Use as a context manager; `count` and `prompts` describe what the file holds.
-    """
-
-    def __init__(self, path: Path, *, fsync: bool = True):
-        self.path, self.fsync = Path(path), fsync
-        self.count, self.prompts, self.malformed = 0, set(), 0
-        self._fd: int | None = None
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def scan(path: Path) -> tuple[int, set[str], int, bytes]:
-        """(samples, their prompts, malformed whole lines, trailing bytes without newline)."""
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return 0, set(), 0, b""
-        cut = data.rfind(b"\n") + 1
-        count, prompts, malformed = 0, set(), 0
-        for line in data[:cut].split(b"\n"):
-            if not line.strip():
-                continue
-            try:
-                prompt = _user_prompt(json.loads(line))
-            except (ValueError, UnicodeDecodeError):
-                prompt = None
-            if prompt is None:
-                malformed += 1
-            else:
-                count += 1
-                prompts.add(prompt)
-        return count, prompts, malformed, data[cut:]
-
-    def __enter__(self) -> SampleFile:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                raise UsageError(f"another run is writing {self.path} (file is locked)") from None
-        self._fd = fd
-        self.count, self.prompts, self.malformed, tail = self.scan(self.path)
-        if tail.strip():
-            self._repair_tail(tail)
-        return self
-
-    def _repair_tail(self, tail: bytes) -> None:
-        try:
-            prompt = _user_prompt(json.loads(tail))
-        except (ValueError, UnicodeDecodeError):
-            prompt = None
-        if prompt is not None:  # a whole sample that only lacks its newline: keep it
-            os.write(self._fd, b"\n")
-            self.count += 1
-            self.prompts.add(prompt)
-        else:  # a line cut off mid-write: drop it
-            size = os.fstat(self._fd).st_size
-            os.ftruncate(self._fd, size - len(tail))
-            _err(f"[warn] dropped a partial last line ({len(tail)} bytes) from {self.path}")
-        if self.fsync:
-            os.fsync(self._fd)
-
-    def append(self, prompt: str, answer: str, *, system: str | None = None) -> None:
-        """Write one sample as one whole line (a single write of the line and its newline)."""
-        turns = [{"role": "system", "content": system}] if system else []
-        turns += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        line = (json.dumps({"conversations": turns}, ensure_ascii=False) + "\n").encode("utf-8")
-        with self._lock:
-            assert self._fd is not None, "append() outside the with-block"
-            view = memoryview(line)
-            while view:  # O_APPEND: a short write continues at the end
-                view = view[os.write(self._fd, view):]
-            if self.fsync:
-                os.fsync(self._fd)
-            self.count += 1
-            self.prompts.add(prompt)
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # also releases the flock
-            self._fd = None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for mlx_train.distill and mlx_train.prompts.
+"""Tests for mlx_train.distill, .teacher, .samples and .prompts.
 
 The teacher is a stand-in HTTP server on an ephemeral 127.0.0.1 port, started and stopped by
 each test: Ollama itself can't be installed on the machines these tests run on, and the faults
@@ -29,6 +29,8 @@ import pytest
 
 from mlx_train import distill
 from mlx_train.prompts import PromptFileError, builtin_prompts, iter_builtin_prompts, load_prompts_file
+from mlx_train.samples import SampleFile
+from mlx_train.teacher import _clean_answer
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_VARS = ("OLLAMA_URL", "OLLAMA_MODEL", "TEACHER_API", "TEACHER_URL", "GEN_WORKERS",
@@ -394,7 +396,7 @@ def test_wrong_protocol_is_one_line(tmp_path, teacher_factory, capsys):
 def test_second_writer_is_refused(tmp_path, teacher_factory, capsys):
     srv = teacher_factory("ollama")
     out = tmp_path / "out.jsonl"
-    with distill.SampleFile(out):                       # another run holds the file
+    with SampleFile(out):                       # another run holds the file
         code = run_main("--url", srv.url, "--out", str(out), "--total", "2")
     assert code == 2
     assert "another run is writing" in capsys.readouterr().err
@@ -528,4 +530,4 @@ def test_load_prompts_file_plain_lines(tmp_path):
     ("keep", "Hello", "because", "<think>\nbecause\n</think>\n\nHello"),
 ])
 def test_think_handling(mode, content, thinking, want):
-    assert distill._clean_answer(content, thinking, mode) == want
+    assert _clean_answer(content, thinking, mode) == want
