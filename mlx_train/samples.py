@@ -16,12 +16,9 @@ try:  # advisory lock so two runs never append to the same file at once (POSIX o
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["SampleFile", "UsageError"]
+from mlx_train.config import UsageError
 
-
-class UsageError(ValueError):
-    """Bad flag, environment value or input, such as an output file another run holds;
-    mlx_train.distill's main() prints it as one line and exits 2."""
+__all__ = ["SampleFile"]
 
 
 def _err(msg: str) -> None:
