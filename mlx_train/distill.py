@@ -31,8 +31,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlx_train.prompts import PromptFileError, iter_builtin_prompts, load_prompts_file
 from mlx_train.config import UsageError
+from mlx_train.prompts import PromptFileError, iter_builtin_prompts, load_prompts_file
 from mlx_train.samples import SampleFile
 from mlx_train.teacher import APIS, Teacher, TeacherError, _with_retries, teacher_hint
 
