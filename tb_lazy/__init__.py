@@ -2,7 +2,7 @@
 
     import tb_lazy
     with tb_lazy.autostart(logdir) as board:   # returns at once; honours TB_* variables
-        train(...)                               # TensorBoard starts at the first event file
+        train(...)                               # TensorBoard starts once training logs data
     print(board.url)                             # None if nothing was ever logged
 """
 

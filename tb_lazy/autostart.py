@@ -108,9 +108,13 @@ def autostart(
     port: int | None = None,
     keep: bool | None = None,
     poll: float | None = None,
+    existing: bool = False,
     quiet_reuse: bool | None = None,
 ) -> Board:
-    """Start TensorBoard on ``logdir`` as soon as the first event file appears there.
+    """Start TensorBoard on ``logdir`` as soon as this process writes event data there.
+
+    Data counts once written since this process started (event files of earlier runs and
+    header-only files don't); ``existing=True`` makes data already there count too.
 
     Returns at once. Honours ``TB_AUTO`` (0: do nothing), ``TB_HOST``, ``TB_PORT``,
     ``TB_KEEP`` and the rank guard (only rank 0 watches). The URL line is printed when
@@ -129,4 +133,6 @@ def autostart(
             command += [flag, str(value)]
     if keep is not None:
         command.append("--keep" if keep else "--no-keep")
+    if existing:
+        command.append("--existing")
     return Board(logdir, command, announce_reuse=not quiet_reuse)

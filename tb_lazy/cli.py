@@ -52,10 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = commands.add_parser(
         "watch",
-        help="wait for the first event file under DIR, then start (or reuse) TensorBoard",
-        description="Wait for the first event file (name contains 'tfevents') at any depth under DIR, "
-        "which may not exist yet; then start TensorBoard on it, or reuse one already serving DIR "
-        "or a parent, and print its URL once it answers.",
+        help="wait until this run writes event data under DIR, then start (or reuse) TensorBoard",
+        description="Wait until an event file (name contains 'tfevents') at any depth under DIR, which "
+        "may not exist yet, gains data during this run: a record after the file's header, written since "
+        "the watch began (or since --exit-with PID started). Old event files and header-only files don't "
+        "count. Then start TensorBoard on all of DIR, or reuse one already serving DIR or a parent, and "
+        "print its URL once it answers.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -72,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave TensorBoard running after the watched process ends (default: TB_KEEP or on)",
     )
     w.add_argument("--poll", metavar="SECONDS", help="poll every SECONDS instead of inotify (network file systems)")
-    w.add_argument("--timeout", metavar="SECONDS", help="give up (exit 0) if no event file appears within SECONDS")
+    w.add_argument(
+        "--existing", action="store_true", help="event data already under DIR counts too (serve old logs at once)"
+    )
+    w.add_argument("--timeout", metavar="SECONDS", help="give up (exit 0) if no event data is written within SECONDS")
     w.add_argument("--json", action="store_true", help="print one JSON object instead of the URL line")
 
     ls = commands.add_parser("list", help="show running TensorBoards (URL, pid, logdir, log file, age)")
@@ -105,6 +110,7 @@ def _run_watch(args: argparse.Namespace) -> int:
             poll=args.poll,
             timeout=args.timeout,
             exit_with=args.exit_with,
+            existing=args.existing,
             stop=stop,
             on_served=lambda served: _print_served(served, as_json=args.json),
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6006
+MAX_POLL = 3600.0  # seconds: a longer polling interval would mean never noticing the run
 RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID", "MLX_RANK")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -27,8 +28,9 @@ class Settings:
     port: int = DEFAULT_PORT
     keep: bool = True
     poll: float | None = None  # seconds between scans; None: inotify (polling only as a fallback)
-    timeout: float | None = None  # give up waiting for the first event file after this long
+    timeout: float | None = None  # give up waiting for event data after this long
     exit_with: int | None = None  # stop waiting (and, without keep, stop TensorBoard) when this PID ends
+    existing: bool = False  # event data already there counts too, not only data written during this run
 
 
 def parse_bool(name: str, value: str) -> bool:
@@ -52,14 +54,16 @@ def parse_port(name: str, value: str | int) -> int:
     return port
 
 
-def parse_seconds(name: str, value: str | float) -> float:
-    """A positive duration in seconds."""
+def parse_seconds(name: str, value: str | float, *, most: float | None = None) -> float:
+    """A positive, finite duration in seconds (at most ``most``, if given)."""
     try:
         seconds = float(str(value).strip())
     except ValueError:
         raise UsageError(f"{name}={value!r} is not a number of seconds") from None
-    if not seconds > 0 or seconds == float("inf"):
+    if not 0 < seconds < float("inf"):
         raise UsageError(f"{name}={value!r} must be a positive number of seconds")
+    if most is not None and seconds > most:
+        raise UsageError(f"{name}={value!r} is too long (at most {most:g} seconds)")
     return seconds
 
 
@@ -104,6 +108,7 @@ def resolve(
     poll: float | str | None = None,
     timeout: float | str | None = None,
     exit_with: int | str | None = None,
+    existing: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
     """Merge explicit options (``None`` = not given) with ``TB_*`` variables and defaults."""
@@ -121,9 +126,10 @@ def resolve(
         host=host.strip(),
         port=parse_port("--port", port),
         keep=keep,
-        poll=None if poll is None else parse_seconds("--poll", poll),
+        poll=None if poll is None else parse_seconds("--poll", poll, most=MAX_POLL),
         timeout=None if timeout is None else parse_seconds("--timeout", timeout),
         exit_with=None if exit_with is None else parse_pid("--exit-with", exit_with),
+        existing=existing,
     )
 
 

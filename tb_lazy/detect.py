@@ -1,15 +1,15 @@
-"""Wait for the first TensorBoard event file under a folder that may not exist yet.
+"""Wait until event data is written, during this run, under a folder that may not exist yet.
 
 A watchdog observer does the waiting. While the log folder is missing we watch its
-nearest existing ancestor (not recursively: that could be a home folder) and move
-down as the folders on the way appear; once the log folder exists we watch it
-recursively. Every time a watch is placed we scan, place it, and scan again, so a
-file created in between is never missed.
+nearest existing ancestor (not recursively: that could be a home folder) and move down as
+the folders on the way appear; once the log folder exists we watch it recursively — its
+real location, plus the real location of every symlinked folder inside it (inotify
+doesn't follow links). Each time watches are placed we scan, place them, and scan again,
+so nothing written in between is missed. Which writes count is ``RunData``'s to decide.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
@@ -20,23 +20,35 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileClosedEvent,
     FileCreatedEvent,
+    FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from tb_lazy.messages import note, warn
+from tb_lazy.messages import note
+from tb_lazy.observe import (
+    FALLBACK_POLL,
+    NETWORK_FILE_SYSTEMS,
+    InotifyShort,
+    file_system_type,
+    is_limit,
+    make_observer,
+    started,
+    unwatched,
+    warn_polling,
+)
+from tb_lazy.rundata import RunData
 
 SLICE = 0.2  # seconds between checks of stop conditions while waiting
-_FALLBACK_POLL = 1.0  # seconds between scans when inotify can't be used
-_LIMIT_ERRORS = (errno.ENOSPC, errno.EMFILE, errno.ENOMEM)
 # Only the events the handler uses. Without a filter inotify also reports every folder
-# opened and closed, and our own scan of a large tree overflows its queue.
-_EVENTS = [FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
+# opened and closed, and our own scans of a large tree overflow its queue. Modified and
+# closed-after-write are how a header-only file is seen gaining its first record.
+WATCHED_EVENTS = [FileCreatedEvent, FileMovedEvent, FileModifiedEvent, FileClosedEvent,
+           DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
 
 
 def is_event_file(name: str | os.PathLike[str]) -> bool:
@@ -44,24 +56,48 @@ def is_event_file(name: str | os.PathLike[str]) -> bool:
     return "tfevents" in os.path.basename(os.fspath(name))
 
 
-def find_event_file(root: Path) -> Path | None:
-    """The first event file found at any depth under ``root`` (None if none or no root)."""
-    stack = [os.fspath(root)]
-    while stack:
-        folder = stack.pop()
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                        elif is_event_file(entry.name) and entry.is_file():
-                            return Path(entry.path)
-                    except OSError:
-                        continue
-        except OSError:  # gone, not a folder, or unreadable: nothing to find there
-            continue
-    return None
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class Tree:
+    """What a scan of the log folder found: event files, real folders, and the real
+    locations of symlinked folders (each a further root to watch). Links are followed
+    once; a link back into a folder already covered adds nothing."""
+
+    def __init__(self, root: str) -> None:
+        self.roots = [root]
+        self.files: list[str] = []
+        self.folders: list[str] = []
+        pending = [root]
+        while pending:
+            self._walk(pending.pop(), pending)
+
+    def _walk(self, top: str, pending: list[str]) -> None:
+        stack = [top]
+        while stack:
+            folder = stack.pop()
+            self.folders.append(folder)
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        try:
+                            if entry.is_dir(follow_symlinks=False):
+                                stack.append(entry.path)
+                            elif entry.is_symlink() and entry.is_dir():
+                                self._link(os.path.realpath(entry.path), pending)
+                            elif is_event_file(entry.name):
+                                self.files.append(entry.path)
+                        except OSError:
+                            continue
+            except OSError:  # gone, not a folder, or unreadable: nothing to find there
+                continue
+
+    def _link(self, target: str, pending: list[str]) -> None:
+        covered = any(_inside(target, root) or _inside(root, target) for root in self.roots)
+        if not covered:
+            self.roots.append(target)
+            pending.append(target)
 
 
 def nearest_existing(path: Path) -> Path:
@@ -72,141 +108,197 @@ def nearest_existing(path: Path) -> Path:
 
 
 class _Handler(FileSystemEventHandler):
-    """Turns file-system events into two signals: an event file seen, or the layout changed."""
+    """Collects what the waiting loop acts on: event files that changed, new folders
+    (to check they are watched), and changes of layout (a folder on the way to the log
+    folder appeared or went, or a symlinked folder appeared)."""
 
-    def __init__(self, logdir: Path, wake: threading.Event) -> None:
-        self._logdir = os.fspath(logdir)
+    def __init__(self, wake: threading.Event) -> None:
         self._wake = wake
-        self.found: Path | None = None
-        self.moved_on = False  # a folder on the way to (or the log folder itself) appeared or went
+        self._lock = threading.Lock()
+        self.target = ""  # the log folder's real path
+        self.roots: list[str] = []  # folders whose event files count (empty while waiting on an ancestor)
+        self.changed: set[str] = set()
+        self.new_folders: list[str] = []
+        self.moved_on = False
 
-    def _saw(self, path: str | bytes, is_directory: bool) -> None:
-        path = os.fsdecode(path)
-        if not is_directory and is_event_file(path):
-            if path == self._logdir or path.startswith(self._logdir + os.sep):
-                self.found = Path(path)
-                self._wake.set()
-        elif is_directory and (self._logdir + os.sep).startswith(path.rstrip(os.sep) + os.sep):
+    def take(self) -> tuple[list[str], list[str]]:
+        """The changed event files and new folders since the last call."""
+        with self._lock:
+            changed, self.changed = sorted(self.changed), set()
+            folders, self.new_folders = self.new_folders, []
+        return changed, folders
+
+    def _counts(self, path: str) -> bool:
+        return any(_inside(path, root) for root in self.roots)
+
+    def _file(self, path: str) -> None:
+        if not self._counts(path):
+            return
+        if is_event_file(path):
+            with self._lock:
+                self.changed.add(path)
+            self._wake.set()
+        elif os.path.islink(path) and os.path.isdir(path):  # a symlinked folder: watch where it points
             self.moved_on = True
             self._wake.set()
+
+    def _folder(self, path: str) -> None:
+        if self._counts(path):
+            with self._lock:
+                self.new_folders.append(path)
+            self._wake.set()
+        if _inside(self.target, path.rstrip(os.sep)):  # on the way to the log folder, or the folder itself
+            self.moved_on = True
+            self._wake.set()
+
+    def _seen(self, path: str | bytes, is_directory: bool) -> None:
+        path = os.fsdecode(path)
+        self._folder(path) if is_directory else self._file(path)
 
     def on_created(self, event: FileSystemEvent) -> None:
-        self._saw(event.src_path, event.is_directory)
+        self._seen(event.src_path, event.is_directory)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        self._saw(event.dest_path, event.is_directory)
+        self._seen(event.dest_path, event.is_directory)
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._file(os.fsdecode(event.src_path))
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        self._file(os.fsdecode(event.src_path))
 
     def on_deleted(self, event: FileSystemEvent) -> None:
-        if os.fsdecode(event.src_path) == self._logdir:
+        if _inside(self.target, os.fsdecode(event.src_path)):
             self.moved_on = True
             self._wake.set()
 
 
-NETWORK_FILE_SYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre",
-                        "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone", "virtiofs"}
-
-
-def file_system_type(path: Path, mounts: str | None = None) -> str | None:
-    """The type of the file system ``path`` lives on, from ``/proc/mounts`` (None if unknown)."""
-    if mounts is None:
-        try:
-            mounts = Path("/proc/mounts").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
-    target = os.path.realpath(path)
-    best, kind = "", None
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best, kind = point, fields[2]
-    return kind
-
-
-def make_observer(poll: float | None) -> BaseObserver:
-    """inotify (or the platform's native API) unless a polling interval is given."""
-    return PollingObserver(timeout=poll) if poll else Observer()
-
-
-def _fall_back(error: OSError, where: Path, poll: float | None) -> bool:
-    """True (after one warning) if ``error`` is an inotify limit we can poll around."""
-    if poll or error.errno not in _LIMIT_ERRORS:
-        return False
-    warn(f"can't watch {where} with inotify ({error.strerror or error}); polling every {_FALLBACK_POLL:g}s")
-    return True
-
-
-def _started(factory: Callable[[float | None], BaseObserver], poll: float | None, where: Path) -> BaseObserver:
-    """A started observer; a polling one when inotify's instance limit is reached."""
-    try:
-        observer = factory(poll)
-        observer.start()
-    except OSError as error:
-        if not _fall_back(error, where, poll):
-            raise
-        observer = factory(_FALLBACK_POLL)
-        observer.start()
-    return observer
-
-
-def wait_for_event_file(
+def wait_for_new_data(
     logdir: Path,
     *,
+    since: float | None,
     poll: float | None = None,
     timeout: float | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     observer_factory: Callable[[float | None], BaseObserver] = make_observer,
 ) -> Path | None:
-    """Block until an event file exists under ``logdir``; return its path.
+    """Block until an event file under ``logdir`` holds data written since ``since``
+    (a time.time() value; None: any data counts); return that file.
 
     Returns None when ``timeout`` seconds pass or ``should_stop()`` turns true first
-    (checked several times a second; a last scan then catches a file the events didn't
-    bring yet). On a network file system, or if inotify can't be set up (watch or
-    instance limit reached), polls once a second instead.
+    (checked several times a second; a last scan then catches data the events didn't
+    bring yet). Polls once a second instead of using inotify on a network file system,
+    or when inotify can't watch every folder (instance or watch limit reached).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     if poll is None and (kind := file_system_type(nearest_existing(logdir))) in NETWORK_FILE_SYSTEMS:
-        note(f"{logdir} is on {kind}, where inotify misses other machines' writes; polling every {_FALLBACK_POLL:g}s")
-        poll = _FALLBACK_POLL
+        note(f"{logdir} is on {kind}, where inotify misses other machines' writes; polling every {FALLBACK_POLL:g}s")
+        poll = FALLBACK_POLL
+    run = RunData(since)
     wake = threading.Event()
-    handler = _Handler(logdir, wake)
-    observer = _started(observer_factory, poll, logdir)
+    handler = _Handler(wake)
+    observer = started(observer_factory, poll, logdir)
     try:
         while True:
-            anchor = nearest_existing(logdir)
-            recursive = anchor == logdir
-            if recursive and (found := find_event_file(logdir)):
-                return found
             try:
-                watch = observer.schedule(handler, os.fspath(anchor), recursive=recursive, event_filter=_EVENTS)
-            except OSError as error:
-                if not _fall_back(error, anchor, poll):
-                    raise
+                found = _watch_once(logdir, run, handler, observer, wake, deadline, should_stop)
+            except InotifyShort as short:  # only inotify runs short: from now on, poll
+                warn_polling(short.where, short.reason)
+                poll = FALLBACK_POLL
                 observer.stop()
                 observer.join(timeout=5)
-                poll = _FALLBACK_POLL
-                observer = _started(observer_factory, poll, logdir)
+                observer = started(observer_factory, poll, logdir)
                 continue
-            handler.moved_on = False
-            if recursive and (found := find_event_file(logdir)):
+            if found is not _MOVED_ON:
                 return found
-            if not recursive and nearest_existing(logdir) != anchor:
-                observer.unschedule(watch)
-                continue
-            while not (handler.found or handler.moved_on):
-                if should_stop():  # one last look: a run that logged just before ending still counts
-                    return find_event_file(logdir)
-                remaining = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
-                if remaining <= 0:
-                    return None
-                wake.wait(remaining)
-                wake.clear()
-            if handler.found:
-                return handler.found
-            observer.unschedule(watch)
     finally:
         observer.stop()
         observer.join(timeout=5)
+
+
+_MOVED_ON = Path("moved on")  # sentinel: the layout changed, place the watches again
+
+
+def _watch_once(
+    logdir: Path,
+    run: RunData,
+    handler: _Handler,
+    observer: BaseObserver,
+    wake: threading.Event,
+    deadline: float | None,
+    should_stop: Callable[[], bool],
+) -> Path | None:
+    """Place the watches for the current layout and wait on them until data is found
+    (its path), time is up or the run ended (None), or the layout changed (_MOVED_ON)."""
+    anchor = nearest_existing(logdir)
+    recursive = anchor == logdir
+    handler.target = os.path.realpath(logdir)
+    tree = Tree(os.path.realpath(logdir)) if recursive else None
+    if tree and (found := _first_new(run, tree.files)):
+        return found
+    handler.roots = tree.roots if tree else []
+    handler.moved_on = False
+    handler.take()
+    watches = _schedule(observer, handler, tree, os.path.realpath(anchor))
+    try:
+        if tree:
+            again = Tree(tree.roots[0])
+            if again.roots != tree.roots:
+                return _MOVED_ON  # a symlinked folder appeared meanwhile
+            _check_watched(observer, watches, again.folders)
+            if found := _first_new(run, again.files):
+                return found
+        elif nearest_existing(logdir) != anchor:
+            return _MOVED_ON
+        while True:
+            changed, folders = handler.take()
+            if found := _first_new(run, changed):
+                return found
+            if folders and tree:
+                _check_watched(observer, watches, folders)
+            if handler.moved_on:
+                return _MOVED_ON
+            if should_stop():  # one last look: a run that logged just before ending still counts
+                return _first_new(run, Tree(handler.target).files) if logdir.is_dir() else None
+            remaining = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
+            if remaining <= 0:
+                return None
+            wake.wait(remaining)
+            wake.clear()
+    finally:
+        for watch in watches:
+            observer.unschedule(watch)
+
+
+def _first_new(run: RunData, paths: list[str]) -> Path | None:
+    return next((Path(path) for path in paths if run.check(path)), None)
+
+
+def _schedule(observer: BaseObserver, handler: _Handler, tree: Tree | None, anchor: str) -> list[ObservedWatch]:
+    """Watch every root of ``tree`` recursively, or only ``anchor`` while the log folder is missing."""
+    watches: list[ObservedWatch] = []
+    try:
+        for root in tree.roots if tree else [anchor]:
+            watches.append(observer.schedule(handler, root, recursive=tree is not None, event_filter=WATCHED_EVENTS))
+    except OSError as error:
+        for watch in watches:
+            observer.unschedule(watch)
+        if is_limit(error) and not _is_polling(observer):
+            raise InotifyShort(root, error.strerror or str(error)) from None
+        raise
+    return watches
+
+
+def _check_watched(observer: BaseObserver, watches: list[ObservedWatch], folders: list[str]) -> None:
+    """Raise InotifyShort if a folder of ``folders`` is left unwatched (watch limit reached)."""
+    for watch in watches:
+        mine = [folder for folder in folders if _inside(folder, watch.path)]
+        if missed := unwatched(observer, watch, mine):
+            raise InotifyShort(missed, "inotify watch limit reached")
+
+
+def _is_polling(observer: BaseObserver) -> bool:
+    from watchdog.observers.polling import PollingObserver
+
+    return isinstance(observer, PollingObserver)

@@ -1,4 +1,4 @@
-"""``watch``: wait for the first event file, then reuse or start TensorBoard.
+"""``watch``: wait for event data written during this run, then reuse or start TensorBoard.
 
 The library function behind ``python -m tb_lazy watch DIR``. Expected outcomes come
 back as values: ``Served`` (started or reused), ``Skipped`` (nothing to do, with the
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from tb_lazy import registry
 from tb_lazy.config import Settings, UsageError, auto_enabled, is_public_host, other_rank, resolve
-from tb_lazy.detect import SLICE, wait_for_event_file
+from tb_lazy.detect import SLICE, wait_for_new_data
 from tb_lazy.launch import (
     PORT_TRIES,
     START_TIMEOUT,
@@ -52,19 +52,27 @@ def watch(
     poll: float | str | None = None,
     timeout: float | str | None = None,
     exit_with: int | str | None = None,
+    existing: bool = False,
     stop: threading.Event | None = None,
     on_served: Callable[[Served], None] | None = None,
 ) -> Outcome:
-    """Wait for the first event file under ``logdir``, then serve it with TensorBoard.
+    """Wait until event data is written under ``logdir`` during this run, then serve it
+    with TensorBoard.
 
-    Options left as None come from ``TB_HOST``/``TB_PORT``/``TB_KEEP``/``TB_AUTO``. The
-    wait ends early when ``exit_with`` (a PID) ends or ``stop`` is set. ``on_served`` is
-    called once TensorBoard answers HTTP. Without ``keep``, a TensorBoard we started is
-    stopped when ``exit_with`` ends or ``stop`` is set, and this call blocks until then.
+    The run began when this call did, or when process ``exit_with`` started: event files
+    left by earlier runs, and header-only files of writers that never logged, don't count
+    (``existing=True``: data already there counts too). Options left as None come from
+    ``TB_HOST``/``TB_PORT``/``TB_KEEP``/``TB_AUTO``. The wait ends early when ``exit_with``
+    ends or ``stop`` is set. ``on_served`` is called once TensorBoard answers HTTP. Without
+    ``keep``, a TensorBoard we started is stopped when ``exit_with`` ends or ``stop`` is
+    set, and this call blocks until then.
     """
+    began = time.time()
     if not auto_enabled():
         return Skipped("TensorBoard auto-start is off (TB_AUTO=0)")
-    settings = resolve(logdir, host=host, port=port, keep=keep, poll=poll, timeout=timeout, exit_with=exit_with)
+    settings = resolve(
+        logdir, host=host, port=port, keep=keep, poll=poll, timeout=timeout, exit_with=exit_with, existing=existing
+    )
     stop = stop or threading.Event()
     if rank := other_rank():
         return Skipped(f"not rank 0 ({rank}): only rank 0 starts TensorBoard")
@@ -86,11 +94,14 @@ def watch(
         except OSError as error:
             state = registry.state_dir()
             raise UsageError(f"tb_lazy's state folder {state} can't be used: {error.strerror or error}") from None
-        found = wait_for_event_file(settings.logdir, poll=settings.poll, timeout=settings.timeout, should_stop=ended)
+        found = wait_for_new_data(
+            settings.logdir, since=_run_start(settings, began), poll=settings.poll, timeout=settings.timeout,
+            should_stop=ended,
+        )
         if found is None:
             return Skipped(_why_not(settings, stop))
         if not settings.keep and ended():  # it would be stopped again at once
-            return Skipped(f"the run ended as {found} appeared; TB_KEEP=0, so nothing started")
+            return Skipped(f"the run ended as it wrote {found}; TB_KEEP=0, so nothing started")
         outcome = _reuse_or_launch(settings, since)
     if isinstance(outcome, Served):
         owned = not outcome.reused and not settings.keep
@@ -106,13 +117,28 @@ def watch(
     return outcome
 
 
+def _run_start(settings: Settings, began: float) -> float | None:
+    """When this run began: the start of process ``exit_with`` (so a watcher spawned a
+    moment after the run misses nothing), else ``began``; None with ``existing``."""
+    if settings.existing:
+        return None
+    if settings.exit_with is not None:
+        import psutil
+
+        try:
+            return min(began, psutil.Process(settings.exit_with).create_time())
+        except (psutil.Error, OSError):
+            pass  # already gone: the wait ends at once, after one last look
+    return began
+
+
 def _why_not(settings: Settings, stop: threading.Event) -> str:
     where = settings.logdir
     if settings.exit_with is not None and not pid_alive(settings.exit_with):
-        return f"process {settings.exit_with} ended before any event file appeared under {where}; nothing started"
+        return f"process {settings.exit_with} ended before it wrote any event data under {where}; nothing started"
     if stop.is_set():
-        return f"stopped before any event file appeared under {where}; nothing started"
-    return f"no event file under {where} after {settings.timeout:g}s; nothing started"
+        return f"stopped before any event data was written under {where}; nothing started"
+    return f"no event data written under {where} within {settings.timeout:g}s; nothing started"
 
 
 def _reuse_or_launch(settings: Settings, since: int) -> Served | Failed:

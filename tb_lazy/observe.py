@@ -1,0 +1,99 @@
+"""The watchdog observer behind detection: inotify where it works, polling where it can't.
+
+Polling is chosen for network file systems (inotify never hears other machines' writes)
+and whenever inotify runs out: no instance left, the watch limit reached on the root, or
+on any folder below it — watchdog skips those silently, so we check what it watches.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.polling import PollingObserver
+
+from tb_lazy.messages import warn
+
+FALLBACK_POLL = 1.0  # seconds between scans when inotify can't be used
+LIMIT_ERRORS = (errno.ENOSPC, errno.EMFILE, errno.ENOMEM)
+
+NETWORK_FILE_SYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre",
+                        "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone", "virtiofs"}
+
+
+class InotifyShort(Exception):
+    """inotify can't watch all it must; ``where`` is the folder it missed."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+
+def file_system_type(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the file system ``path`` lives on, from ``/proc/mounts`` (None if unknown)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def make_observer(poll: float | None) -> BaseObserver:
+    """inotify (or the platform's native API) unless a polling interval is given."""
+    return PollingObserver(timeout=poll) if poll else Observer()
+
+
+def is_limit(error: OSError) -> bool:
+    """True if ``error`` is inotify running out (instances, watches or kernel memory)."""
+    return error.errno in LIMIT_ERRORS
+
+
+def warn_polling(where: str, reason: str) -> None:
+    warn(f"can't watch {where} with inotify ({reason}); polling every {FALLBACK_POLL:g}s")
+
+
+def started(factory: Callable[[float | None], BaseObserver], poll: float | None, where: Path) -> BaseObserver:
+    """A started observer; a polling one (after a warning) when inotify has no instance left."""
+    try:
+        observer = factory(poll)
+        observer.start()
+    except OSError as error:
+        if poll or not is_limit(error):
+            raise
+        warn_polling(os.fspath(where), error.strerror or str(error))
+        observer = factory(FALLBACK_POLL)
+        observer.start()
+    return observer
+
+
+def unwatched(observer: BaseObserver, watch: ObservedWatch, folders: Iterable[str]) -> str | None:
+    """A folder of ``folders`` that inotify should watch under ``watch`` but doesn't.
+
+    watchdog skips subfolders it can't watch (watch limit reached) without a word; its
+    inotify emitter keeps the folders it does watch, which is what we compare against.
+    None when all are watched, or when the observer isn't inotify (nothing to check).
+    """
+    emitter = getattr(observer, "_emitter_for_watch", {}).get(watch)
+    watched = getattr(getattr(emitter, "_inotify", None), "_active_callbacks_by_path", None)
+    if not isinstance(watched, dict):
+        return None
+    for folder in folders:
+        if os.fsencode(folder) not in watched and os.path.isdir(folder) and not os.path.islink(folder):
+            return folder
+    return None
