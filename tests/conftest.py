@@ -75,6 +75,42 @@ def write_scalar(logdir: Path, tag: str = "train/loss", value: float = 1.5, step
     return next(Path(logdir).glob("*tfevents*"))
 
 
+def header_only(logdir: Path) -> Path:
+    """A tensorboardX writer constructed and closed without logging: the file holds only its header."""
+    from tensorboardX import SummaryWriter
+
+    SummaryWriter(str(logdir)).close()
+    return next(Path(logdir).glob("*tfevents*"))
+
+
+def flush_scalar(writer, event_file: Path, tag: str = "train/loss", value: float = 1.0, step: int = 0) -> None:
+    """``add_scalar`` then ``flush()`` as a trainer's log step does. tensorboardX's own writer
+    thread may not have taken the scalar yet when ``flush()`` runs; a trainer's next log
+    step flushes it — here, flushing again until the file grows does."""
+    def flushed_beyond(size: int) -> int:
+        deadline = time.monotonic() + 10
+        while (now := event_file.stat().st_size) <= size and time.monotonic() < deadline:
+            writer.flush()
+            time.sleep(0.02)
+        assert now > size, "tensorboardX never flushed"
+        return now
+
+    header = flushed_beyond(0) if event_file.stat().st_size == 0 else 0  # the header may still be buffered
+    writer.add_scalar(tag, value, step)
+    flushed_beyond(max(header, event_file.stat().st_size))
+
+
+def append_record(event_file: Path) -> None:
+    """Append one complete data record to ``event_file`` (copied from a fresh tensorboardX file)."""
+    import tempfile as _tempfile
+
+    with _tempfile.TemporaryDirectory() as scratch:
+        data = write_scalar(Path(scratch)).read_bytes()
+    header = 8 + 4 + int.from_bytes(data[:8], "little") + 4  # the file-version record's frame
+    with open(event_file, "ab") as handle:
+        handle.write(data[header:])
+
+
 def get_json(url: str, timeout: float = 5.0):
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())

@@ -65,9 +65,10 @@ def test_without_keep_tensorboard_ends_with_the_training(tb_env):
 def test_reuse_is_quiet_when_asked(tb_env, capsys):
     logdir = tb_env.root / "tf_dir"
     write_scalar(logdir / "pretrain")
-    with tb_lazy.autostart(logdir) as first:
+    with tb_lazy.autostart(logdir, existing=True) as first:
         pid = first.wait(60) and first.info["pid"]
     with tb_lazy.autostart(logdir / "pretrain", quiet_reuse=True) as second:
+        write_scalar(logdir / "pretrain", step=1)
         assert second.wait(60) == first.url and second.reused
     out = capsys.readouterr().out.strip().splitlines()
     assert out == [f"[tensorboard] {first.url} (pid={pid})"]

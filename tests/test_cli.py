@@ -101,7 +101,7 @@ def test_tensorboard_crashing_at_start_exits_1_with_its_reason(tb_env, capsys, m
     crash = "import sys; print('boom: plugin registry corrupted', file=sys.stderr); sys.exit(3)"
     monkeypatch.setattr(tb_lazy.launch, "tensorboard_command", lambda: [sys.executable, "-c", crash])
     write_scalar(tb_env.root / "logs")
-    assert main(["watch", str(tb_env.root / "logs")]) == 1
+    assert main(["watch", str(tb_env.root / "logs"), "--existing"]) == 1
     line = one_error_line(capsys)
     assert "exited with status 3" in line and "boom: plugin registry corrupted" in line
     log_file = line.rsplit("TensorBoard's log: ", 1)[1].rstrip(")")
@@ -128,7 +128,7 @@ def test_port_taken_between_check_and_bind_is_retried(tb_env, capsys, monkeypatc
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", tb_env.port))
         squatter.listen()
-        assert main(["watch", str(logdir), "--json"]) == 0
+        assert main(["watch", str(logdir), "--json", "--existing"]) == 0
     out = capsys.readouterr().out
     import json
 
@@ -140,7 +140,7 @@ def test_port_taken_between_check_and_bind_is_retried(tb_env, capsys, monkeypatc
 def test_list_and_stop(tb_env, capsys):
     logdir = tb_env.root / "logs"
     write_scalar(logdir)
-    assert main(["watch", str(logdir)]) == 0
+    assert main(["watch", str(logdir), "--existing"]) == 0
     capsys.readouterr()
     assert main(["list"]) == 0
     out = capsys.readouterr().out
@@ -174,7 +174,7 @@ def test_list_shows_a_tensorboard_started_outside_tb_lazy(tb_env, capsys):
             time.sleep(0.2)
         assert main(["list"]) == 0
         assert "(started outside tb_lazy)" in capsys.readouterr().out
-        assert main(["watch", str(logdir / "run"), "--json"]) == 0
+        assert main(["watch", str(logdir / "run"), "--json", "--existing"]) == 0
         assert f'"pid": {by_hand.pid}' in capsys.readouterr().out
         assert main(["stop", "--all"]) == 0 and by_hand.poll() is None, "stop never touches others' TensorBoards"
     finally:
@@ -187,7 +187,7 @@ def test_sigterm_while_waiting_ends_the_watch_quietly(tb_env):
     tb_env.watching(watcher)
     watcher.proc.terminate()
     assert watcher.wait() == 0
-    assert watcher.stdout == [] and "stopped before any event file" in "\n".join(watcher.stderr)
+    assert watcher.stdout == [] and "stopped before any event data" in "\n".join(watcher.stderr)
 
 
 def test_ctrl_c_while_waiting_exits_130(tb_env):

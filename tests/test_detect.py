@@ -1,4 +1,5 @@
-"""Detection with a real watchdog observer (inotify, or polling) on real folders."""
+"""Detection with a real watchdog observer (inotify, or polling) on real folders and real
+tensorboardX event files: only event data written during this run counts."""
 
 from __future__ import annotations
 
@@ -8,16 +9,21 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import write_scalar
+from conftest import append_record, flush_scalar, header_only, write_scalar
 
-from tb_lazy.detect import find_event_file, is_event_file, make_observer, wait_for_event_file
+from tb_lazy.detect import is_event_file, wait_for_new_data
+from tb_lazy.observe import NETWORK_FILE_SYSTEMS, file_system_type, make_observer
 
 
-def wait_in_thread(logdir: Path, **options) -> tuple[threading.Thread, list]:
+def wait_in_thread(logdir: Path, *, since: float | None = None, **options) -> tuple[threading.Thread, list]:
+    """Start waiting in a thread; the run began now unless ``since`` says otherwise."""
+    since = time.time() if since is None else since
     result: list = []
-    thread = threading.Thread(target=lambda: result.append(wait_for_event_file(logdir, **options)), daemon=True)
+    thread = threading.Thread(
+        target=lambda: result.append(wait_for_new_data(logdir, since=since, **options)), daemon=True
+    )
     thread.start()
-    time.sleep(0.5)  # let the observer settle on the nearest existing ancestor
+    time.sleep(0.5)  # let the observer settle
     return thread, result
 
 
@@ -33,30 +39,83 @@ def test_event_file_names_follow_tensorboard():
     assert not is_event_file("events.txt") and not is_event_file("/runs/tfevents_dir/model.ckpt")
 
 
-def test_finds_an_event_file_deep_under_a_folder_created_later(tmp_path):
+def test_finds_data_deep_under_a_folder_created_later(tmp_path):
     logdir = tmp_path / "a" / "b" / "logs"
     thread, result = wait_in_thread(logdir, timeout=30)
     event_file = write_scalar(logdir / "stage" / "x" / "y")
     assert finish(thread, result) == event_file
 
 
-def test_a_file_renamed_into_place_counts(tmp_path):
+def test_a_header_only_file_does_not_count_until_its_first_record_is_flushed(tmp_path):
+    from tensorboardX import SummaryWriter
+
+    logdir = tmp_path / "logs"
+    thread, result = wait_in_thread(logdir, timeout=30)
+    writer = SummaryWriter(str(logdir))  # creates the file with its header, as at a trainer's start-up
+    event_file = next(logdir.glob("*tfevents*"))
+    time.sleep(1.0)
+    assert thread.is_alive(), f"a header-only file triggered: {result}"
+    flush_scalar(writer, event_file)
+    assert finish(thread, result) == event_file
+    writer.close()
+
+
+def test_a_writer_closed_without_logging_never_counts(tmp_path):
+    logdir = tmp_path / "logs"
+    thread, result = wait_in_thread(logdir, timeout=2.0)
+    header_only(logdir / "run")
+    assert finish(thread, result) is None
+
+
+def test_old_data_left_untouched_does_not_count_but_an_appended_record_does(tmp_path):
+    logdir = tmp_path / "logs"
+    old = write_scalar(logdir / "earlier-run")
+    header = header_only(logdir / "earlier-crash")
+    time.sleep(0.1)
+    thread, result = wait_in_thread(logdir, timeout=30)
+    time.sleep(0.5)
+    assert thread.is_alive(), f"an earlier run's file triggered: {result}"
+    append_record(old)  # a resumed run appends
+    assert finish(thread, result) == old
+    thread, result = wait_in_thread(logdir, timeout=30)
+    append_record(header)
+    assert finish(thread, result) == header
+
+
+def test_existing_data_counts_at_once_when_asked(tmp_path):
+    event_file = write_scalar(tmp_path / "logs" / "run")
+    header_only(tmp_path / "logs" / "header-only")
+    assert wait_for_new_data(tmp_path / "logs", since=None, timeout=0.01) == event_file
+
+
+def test_data_written_since_the_run_began_counts_although_the_watch_began_later(tmp_path):
+    began = time.time()
+    event_file = write_scalar(tmp_path / "logs")
+    time.sleep(0.3)
+    assert wait_for_new_data(tmp_path / "logs", since=began, timeout=0.01) == event_file
+    assert wait_for_new_data(tmp_path / "logs", since=time.time(), timeout=0.3) is None
+
+
+def test_a_file_renamed_into_place_counts_if_written_during_the_run(tmp_path):
     logdir = tmp_path / "logs"
     logdir.mkdir()
-    staging = tmp_path / "staging.tmp"
-    staging.write_bytes(b"\0" * 40)
+    stale = write_scalar(tmp_path / "stale")
+    time.sleep(0.1)
+    thread, result = wait_in_thread(logdir, timeout=2.0)
+    os.rename(stale, logdir / stale.name)  # old data moved in: not this run's
+    assert finish(thread, result) is None
     thread, result = wait_in_thread(logdir, timeout=30)
+    fresh = write_scalar(tmp_path / "staging")
     target = logdir / "events.out.tfevents.123.host"
-    os.rename(staging, target)
+    os.rename(fresh, target)
     assert finish(thread, result) == target
 
 
 def test_a_folder_moved_into_place_counts(tmp_path):
     logdir = tmp_path / "logs"
-    staged = tmp_path / "staged"
-    event_file = write_scalar(staged / "run")
     thread, result = wait_in_thread(logdir, timeout=30)
-    os.rename(staged, logdir)
+    event_file = write_scalar(tmp_path / "staged" / "run")
+    os.rename(tmp_path / "staged", logdir)
     assert finish(thread, result) == logdir / "run" / event_file.name
 
 
@@ -67,30 +126,38 @@ def test_other_files_and_files_beside_the_folder_never_trigger(tmp_path):
     (logdir / "run").mkdir(parents=True)
     (logdir / "run" / "checkpoint.safetensors").write_bytes(b"x")
     (logdir / "notes-tfevent.txt").write_text("close, but not 'tfevents'")
+    (logdir / "events.out.tfevents.1.garbage").write_bytes(os.urandom(200))  # not TFRecord framing
     assert finish(thread, result) is None
 
 
-def test_existing_file_is_found_without_waiting(tmp_path):
-    event_file = write_scalar(tmp_path / "logs" / "run")
-    assert wait_for_event_file(tmp_path / "logs", timeout=0.01) == event_file
-
-
-def test_should_stop_ends_the_wait(tmp_path):
+def test_should_stop_ends_the_wait_after_a_last_look(tmp_path):
     stop = threading.Event()
     thread, result = wait_in_thread(tmp_path / "logs", should_stop=stop.is_set)
     stop.set()
     assert finish(thread, result) is None
+    logdir = tmp_path / "logs2"
+    began = time.time()
+    event_file = write_scalar(logdir)
+    assert wait_for_new_data(logdir, since=began, should_stop=lambda: True) == event_file
 
 
-def test_polling_finds_a_late_folder(tmp_path):
+def test_polling_sees_a_late_folder_and_a_header_gaining_data(tmp_path):
+    from tensorboardX import SummaryWriter
+
     logdir = tmp_path / "nfs" / "logs"
     thread, result = wait_in_thread(logdir, poll=0.1, timeout=30)
-    event_file = write_scalar(logdir / "run")
+    writer = SummaryWriter(str(logdir / "run"))
+    event_file = next((logdir / "run").glob("*tfevents*"))
+    time.sleep(0.5)
+    assert thread.is_alive(), f"polling took a header-only file for data: {result}"
+    flush_scalar(writer, event_file)
     assert finish(thread, result) == event_file
+    writer.close()
 
 
 def test_falls_back_to_polling_when_inotify_is_exhausted(tmp_path, capsys):
-    """Stand-in: reaching the system-wide inotify watch limit on purpose would disturb the machine."""
+    """Stand-in: reaching the system-wide inotify watch limit on purpose would disturb the machine
+    (tests/faults reaches a real one inside a user namespace)."""
     made = []
 
     def exhausted_inotify(poll):
@@ -111,10 +178,6 @@ def test_falls_back_to_polling_when_inotify_is_exhausted(tmp_path, capsys):
     assert "[warn] can't watch" in capsys.readouterr().err
 
 
-def test_find_event_file_ignores_missing_roots(tmp_path):
-    assert find_event_file(tmp_path / "nope") is None
-
-
 def test_falls_back_to_polling_when_inotify_instances_run_out(tmp_path, capsys):
     """Stand-in: exhausting the per-user inotify instances would break other programs here."""
     made = []
@@ -132,7 +195,7 @@ def test_falls_back_to_polling_when_inotify_instances_run_out(tmp_path, capsys):
     assert made == [1.0] and "polling every 1s" in capsys.readouterr().err
 
 
-def test_a_file_deep_in_a_tree_of_ten_thousand_folders_is_seen(tmp_path):
+def test_data_deep_in_a_tree_of_ten_thousand_folders_is_seen(tmp_path):
     """Our own scans open every folder: inotify must not be flooded with those events."""
     logdir = tmp_path / "logs"
     for i in range(100):
@@ -140,9 +203,9 @@ def test_a_file_deep_in_a_tree_of_ten_thousand_folders_is_seen(tmp_path):
             (logdir / f"run{i:03d}" / f"sub{j:03d}").mkdir(parents=True)
     thread, result = wait_in_thread(logdir, timeout=10)
     time.sleep(1.0)  # let the start-up scans and the recursive watch settle
-    target = logdir / "run057" / "sub042" / "events.out.tfevents.1.host"
-    target.write_bytes(b"\0" * 40)
-    assert finish(thread, result) == target
+    event_file = header_only(logdir / "run057" / "sub042")
+    append_record(event_file)
+    assert finish(thread, result) == event_file
 
 
 def test_network_file_systems_are_recognised_from_the_mount_table():
@@ -153,8 +216,6 @@ def test_network_file_systems_are_recognised_from_the_mount_table():
         "host:/data /mnt/with\\040space fuse.sshfs rw 0 0\n"
         "tmpfs /mnt/shared/local tmpfs rw 0 0\n"
     )
-    from tb_lazy.detect import NETWORK_FILE_SYSTEMS, file_system_type
-
     assert file_system_type(Path("/mnt/shared/runs/x"), mounts) == "nfs4"
     assert file_system_type(Path("/mnt/shared/local/x"), mounts) == "tmpfs", "the deepest mount point wins"
     assert file_system_type(Path("/mnt/sharedX"), mounts) == "ext4", "a name prefix is not a mount point"
@@ -164,5 +225,5 @@ def test_network_file_systems_are_recognised_from_the_mount_table():
 
 def test_the_local_file_system_is_not_polled(tmp_path, capsys):
     event_file = write_scalar(tmp_path / "logs")
-    assert wait_for_event_file(tmp_path / "logs", timeout=5) == event_file
+    assert wait_for_new_data(tmp_path / "logs", since=None, timeout=5) == event_file
     assert "polling" not in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -171,6 +172,47 @@ def test_keep_off_stops_tensorboard_when_the_pipeline_ends(own_root):
     (_, pid), = URL_LINE.findall(result.stdout)
     assert wait_for(lambda: tensorboard_pids(own_root) == [], timeout=15), f"TensorBoard {pid} outlived the run"
     assert watchers_under(own_root) == []
+
+
+# ---- a second run on the same TF_DIR: only what this run writes counts ----------------------------
+
+
+@pytest.fixture
+def after_a_smoke_run(smoke, own_root):
+    """Folders for a second run whose TF_DIR holds the smoke run's event files (times kept)."""
+    _, _, result = smoke
+    assert result.returncode == 0, "the smoke run failed; no earlier logs to start from"
+    shutil.copytree(smoke[0] / "tf_dir", own_root / "tf_dir")  # copy2: modification times are kept
+    return own_root
+
+
+@pytest.mark.parametrize(
+    "how, args, extra_env, status",
+    [
+        ("all stages skipped", ["--skip-infer"], {"SKIP_PRETRAIN": "1", "SKIP_SFT": "1"}, 0),
+        ("bad data", ["--smoke-test"], {"PRETRAIN_DATA": "{root}/bad.jsonl"}, 2),
+        ("bad training argument", ["--smoke-test", "--", "--bogus"], {}, 2),
+    ],
+)
+def test_a_second_run_that_logs_nothing_starts_nothing(after_a_smoke_run, how, args, extra_env, status):
+    root = after_a_smoke_run
+    (root / "bad.jsonl").write_text('{"text": oops}\n')
+    env = pipeline_env(root, **{k: v.format(root=root) for k, v in extra_env.items()})
+    result = run(RUN_MLX, *args, env=env, cwd=root)
+    assert result.returncode == status, (how, result.returncode, result.stderr[-2000:])
+    assert "[tensorboard]" not in result.stdout, f"{how}: the earlier run's logs started TensorBoard"
+    assert tensorboard_pids(root) == [] and watchers_under(root) == []
+
+
+def test_a_second_run_that_trains_prints_one_url(after_a_smoke_run):
+    root = after_a_smoke_run
+    env = pipeline_env(root, SKIP_SFT="1")
+    result = run(RUN_MLX, "--smoke-test", "--skip-infer", "--", "--max_steps", "10", env=env, cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (url, pid), = URL_LINE.findall(result.stdout)
+    assert tensorboard_pids(root) == [int(pid)]
+    runs = wait_for(lambda: get_json(f"{url}/data/plugin/scalars/tags"), timeout=30)
+    assert {"pretrain", "sft"} <= set(runs), "TensorBoard serves all of TF_DIR, the earlier runs too"
 
 
 # ---- distillation ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, get_json, tensorboard_pids, wait_for, write_scalar
+from conftest import append_record, free_port, get_json, header_only, tensorboard_pids, wait_for, write_scalar
 
 from tb_lazy.launch import pid_alive, port_is_free
 
@@ -64,10 +64,10 @@ def test_late_deeply_nested_folder_is_detected_and_url_means_serving(tb_env):
     assert tensorboard_pids(tb_env.root) == [pid]
 
 
-def test_existing_event_file_triggers_at_once_and_json_output(tb_env):
+def test_existing_data_triggers_at_once_when_asked_and_json_output(tb_env):
     logdir = tb_env.root / "logs"
     write_scalar(logdir / "pretrain")
-    watcher = tb_env.run("watch", str(logdir), "--json", "--timeout", "60")
+    watcher = tb_env.run("watch", str(logdir), "--existing", "--json", "--timeout", "60")
     info = json.loads(watcher.next_line(60))
     assert info["port"] == tb_env.port and info["reused"] is False
     assert info["logdir"] == str(logdir) and info["url"] == f"http://127.0.0.1:{tb_env.port}"
@@ -80,7 +80,7 @@ def test_busy_preferred_port_falls_back_to_a_free_one(tb_env):
         squatter.bind(("127.0.0.1", tb_env.port))
         squatter.listen()
         write_scalar(logdir)
-        watcher = tb_env.run("watch", str(logdir))
+        watcher = tb_env.run("watch", str(logdir), "--existing")
         port, _, _ = served(watcher.next_line(60))
         assert port != tb_env.port
         assert get_json(f"http://127.0.0.1:{port}/data/environment")["data_location"] == str(logdir)
@@ -90,11 +90,13 @@ def test_busy_preferred_port_falls_back_to_a_free_one(tb_env):
 def test_second_watch_on_same_folder_or_subfolder_reuses(tb_env):
     logdir = tb_env.root / "tf_dir"
     write_scalar(logdir / "pretrain")
-    first = tb_env.run("watch", str(logdir))
+    first = tb_env.run("watch", str(logdir), "--existing")
     port, pid, reused = served(first.next_line(60))
     assert not reused and first.wait() == 0
-    for target in (logdir, logdir / "pretrain"):
+    for step, target in enumerate((logdir, logdir / "pretrain")):
         again = tb_env.run("watch", str(target), "--port", str(free_port()))
+        tb_env.watching(again)
+        write_scalar(logdir / "pretrain", step=step + 1)  # this run's data, beside the earlier run's
         assert served(again.next_line(60)) == (port, pid, True)
         assert again.wait() == 0
     assert tensorboard_pids(tb_env.root) == [pid]
@@ -135,7 +137,7 @@ def test_two_watchers_of_one_folder_start_one_tensorboard_the_first_one(tb_env):
 def test_dead_instance_is_not_reused(tb_env):
     logdir = tb_env.root / "logs"
     write_scalar(logdir)
-    first = tb_env.run("watch", str(logdir))
+    first = tb_env.run("watch", str(logdir), "--existing")
     _, old_pid, _ = served(first.next_line(60))
     first.wait()
     subprocess.run([sys.executable, "-m", "tb_lazy", "stop", str(logdir)], env=tb_env.env, check=True)
@@ -143,7 +145,7 @@ def test_dead_instance_is_not_reused(tb_env):
     info_dir = Path(tb_env.env["TMPDIR"]) / ".tensorboard-info"
     info_dir.mkdir(exist_ok=True)
     (info_dir / f"pid-{old_pid}.info").write_text(json.dumps({"pid": old_pid, "port": 1, "logdir": str(logdir)}))
-    second = tb_env.run("watch", str(logdir))
+    second = tb_env.run("watch", str(logdir), "--existing")
     _, new_pid, reused = served(second.next_line(60))
     assert not reused and new_pid != old_pid
     second.wait()
@@ -155,7 +157,7 @@ def test_exit_with_a_dead_parent_leaves_nothing_behind(tb_env):
     assert parent.wait() == 0
     assert watcher.wait(timeout=10) == 0
     assert watcher.stdout == []
-    assert "ended before any event file appeared" in "\n".join(watcher.stderr)
+    assert "ended before it wrote any event data" in "\n".join(watcher.stderr)
     assert tensorboard_pids(tb_env.root) == []
 
 
@@ -214,7 +216,7 @@ def test_paths_with_spaces_quotes_and_non_ascii(tb_env):
 def test_public_host_warns_about_authentication(tb_env):
     logdir = tb_env.root / "logs"
     write_scalar(logdir)
-    watcher = tb_env.run("watch", str(logdir), "--host", "0.0.0.0", "--json")
+    watcher = tb_env.run("watch", str(logdir), "--host", "0.0.0.0", "--json", "--existing")
     info = json.loads(watcher.next_line(60))
     assert watcher.wait() == 0
     assert info["host"] == "0.0.0.0"
@@ -225,6 +227,65 @@ def test_public_host_warns_about_authentication(tb_env):
 def test_only_rank_zero_starts_anything(tb_env):
     logdir = tb_env.root / "logs"
     write_scalar(logdir)
-    watcher = tb_env.run("watch", str(logdir), env={"RANK": "1"})
+    watcher = tb_env.run("watch", str(logdir), "--existing", env={"RANK": "1"})
     assert watcher.wait() == 0 and watcher.stdout == []
     assert tensorboard_pids(tb_env.root) == []
+
+
+# --- only event data written during this run counts ------------------------------------------
+
+WRITER = """
+import sys, time
+from tensorboardX import SummaryWriter
+writer = SummaryWriter(sys.argv[1])  # flush_secs=120: nothing but the header reaches the disk before close()
+{body}
+"""
+
+
+def test_an_earlier_runs_file_starts_nothing_until_a_record_is_appended(tb_env):
+    logdir = tb_env.root / "tf_dir"
+    old = write_scalar(logdir / "pretrain")
+    header_only(logdir / "crashed-run")
+    watcher = tb_env.run("watch", str(logdir))
+    tb_env.watching(watcher)
+    time.sleep(1.5)
+    assert watcher.stdout == [] and tensorboard_pids(tb_env.root) == [], "an earlier run's logs started TensorBoard"
+    append_record(old)  # a resumed run appends to its event file
+    port, pid, reused = served(watcher.next_line(60))
+    assert not reused and watcher.wait() == 0
+    assert get_json(f"http://127.0.0.1:{port}/data/environment")["data_location"] == str(logdir)
+
+
+def test_a_writer_that_never_logs_starts_nothing(tb_env):
+    """A third-party script builds its writer at start-up, then dies loading data."""
+    logdir = tb_env.root / "logs"
+    trainer = tb_env.spawn([sys.executable, "-c", WRITER.format(body="writer.close(); sys.exit(3)"), str(logdir)])
+    watcher = tb_env.run("watch", str(logdir), "--exit-with", str(trainer.pid))
+    assert trainer.wait() == 3
+    assert watcher.wait(timeout=10) == 0
+    assert list(logdir.glob("*tfevents*")), "the writer created its (header-only) file"
+    assert watcher.stdout == [] and tensorboard_pids(tb_env.root) == []
+
+
+def test_a_writer_that_flushes_only_at_close_starts_tensorboard_as_its_process_ends(tb_env):
+    logdir = tb_env.root / "logs"
+    body = "time.sleep(1); writer.add_scalar('train/loss', 2.0, 0); writer.close()"
+    trainer = tb_env.spawn([sys.executable, "-c", WRITER.format(body=body), str(logdir)])
+    watcher = tb_env.run("watch", str(logdir), "--exit-with", str(trainer.pid))
+    port, pid, _ = served(watcher.next_line(60))
+    assert trainer.wait() == 0 and watcher.wait() == 0
+    assert pid_alive(pid), "TB_KEEP=1: TensorBoard stays although the writing process ended"
+    tags = wait_for(lambda: scalar_tags(port), timeout=30)
+    assert tags and any("train/loss" in run_tags for run_tags in tags.values()), tags
+
+
+def test_a_watcher_started_after_the_run_began_writing_still_starts(tb_env):
+    logdir = tb_env.root / "logs"
+    body = "writer.add_scalar('train/loss', 1.0, 0); writer.close(); time.sleep(600)"
+    trainer = tb_env.spawn([sys.executable, "-c", WRITER.format(body=body), str(logdir)])
+    assert wait_for(lambda: any(f.stat().st_size > 40 for f in logdir.glob("*tfevents*")), timeout=30)
+    time.sleep(2)
+    watcher = tb_env.run("watch", str(logdir), "--exit-with", str(trainer.pid))
+    port, _, reused = served(watcher.next_line(60))
+    assert not reused and watcher.wait() == 0
+    trainer.stop()
