@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run series on MLX: pretrain -> SFT -> (DPO) -> (R1 reasoning SFT) -> inference sample,
-# with TensorBoard started lazily when the first stage writes its first event file.
+# with TensorBoard started lazily when the first stage writes its first scalars.
 set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,11 +37,12 @@ Environment (defaults in brackets):
   PY         Python with the project installed [a .venv in the repo, set up on first run]
 
 TensorBoard auto-start ([tb] auto-start):
-  TB_AUTO    1: start TensorBoard when the first event file appears; 0: never [1]
+  TB_AUTO    1: start TensorBoard when this run first logs; 0: never [1]
   TB_HOST    address TensorBoard listens on; 0.0.0.0 exposes it (no auth) [127.0.0.1]
   TB_PORT    preferred port; a busy one is replaced by a free one [6006]
   TB_KEEP    1: TensorBoard keeps running after the run; 0: stops with it [1]
-  A watcher waits for the first event file under \$TF_DIR; only then is TensorBoard
+  A watcher waits until an event file under \$TF_DIR gains data during this run (old
+  runs' files and header-only files don't count); only then is TensorBoard
   started, as 'tensorboard --logdir \$TF_DIR' (or an already running one reused), and
   its URL printed once it answers. A run that trains nothing starts no TensorBoard.
 
@@ -165,7 +166,7 @@ main() {
     return 0
   fi
   ensure_data
-  # [tb] auto-start: watch $TF_DIR; TensorBoard starts when the first event file appears.
+  # [tb] auto-start: watch $TF_DIR; TensorBoard starts when this run first writes event data.
   [[ -n "$TF_DIR" ]] && tb_autostart "$TF_DIR"
   is_on "$SKIP_PRETRAIN" || stage_pretrain
   is_on "$SKIP_SFT" || stage_sft

@@ -42,7 +42,7 @@ Student:
 
 TensorBoard auto-start ([tb] auto-start): only when --tensorboard_dir DIR (or
 --tensorboard_dir=DIR) is among the training args and TB_AUTO is not 0: a watcher waits
-for the first event file under DIR, then starts 'tensorboard --logdir DIR' (or reuses
+until this run writes event data under DIR, then starts 'tensorboard --logdir DIR' (or reuses
 one) and prints its URL. TB_HOST [127.0.0.1], TB_PORT [6006], TB_KEEP [1] as in run_mlx.sh.
 
 Exit status: 0 done, 3 teacher unreachable, a failing step's own status, 2 bad usage,

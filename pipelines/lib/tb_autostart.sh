@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # TensorBoard auto-start for the run-series scripts, shared by every pipeline.
 #
-# No prediction from flags: a tb_lazy watcher waits for the first event file under the
+# No prediction from flags: a tb_lazy watcher waits until this run writes event data under the
 # log folder and only then starts TensorBoard (or reuses one already serving it), and
 # prints "[tensorboard] http://HOST:PORT (pid=N)" once it answers. A run that never logs
 # starts nothing. Variables: TB_AUTO (1), TB_HOST (127.0.0.1), TB_PORT (6006), TB_KEEP (1).
