@@ -191,84 +191,97 @@ def wait_for_new_data(
     bring yet). Polls once a second instead of using inotify on a network file system,
     or when inotify can't watch every folder (instance or watch limit reached).
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
     if poll is None and (kind := file_system_type(nearest_existing(logdir))) in NETWORK_FILE_SYSTEMS:
         note(f"{logdir} is on {kind}, where inotify misses other machines' writes; polling every {FALLBACK_POLL:g}s")
         poll = FALLBACK_POLL
-    run = RunData(since)
-    wake = threading.Event()
-    handler = _Handler(wake)
+    waiter = _Waiter(logdir, RunData(since), timeout, should_stop)
     observer = started(observer_factory, poll, logdir)
+    found: Path | None = None
     try:
         while True:
             try:
-                found = _watch_once(logdir, run, handler, observer, wake, deadline, should_stop)
+                found = waiter.once(observer)
             except InotifyShort as short:  # only inotify runs short: from now on, poll
                 warn_polling(short.where, short.reason)
-                poll = FALLBACK_POLL
-                observer.stop()
-                observer.join(timeout=5)
-                observer = started(observer_factory, poll, logdir)
+                _dispose(observer)
+                observer = started(observer_factory, FALLBACK_POLL, logdir)
                 continue
             if found is not _MOVED_ON:
                 return found
     finally:
-        observer.stop()
-        observer.join(timeout=5)
+        if found is None:
+            _dispose(observer)
+        else:  # removing thousands of watches takes a while: don't hold up the launch for it
+            threading.Thread(target=_dispose, args=(observer,), name="tb_lazy-observer-stop", daemon=True).start()
+
+
+def _dispose(observer: BaseObserver) -> None:
+    observer.stop()
+    observer.join(timeout=5)
 
 
 _MOVED_ON = Path("moved on")  # sentinel: the layout changed, place the watches again
 
 
-def _watch_once(
-    logdir: Path,
-    run: RunData,
-    handler: _Handler,
-    observer: BaseObserver,
-    wake: threading.Event,
-    deadline: float | None,
-    should_stop: Callable[[], bool],
-) -> Path | None:
-    """Place the watches for the current layout and wait on them until data is found
-    (its path), time is up or the run ended (None), or the layout changed (_MOVED_ON)."""
-    anchor = nearest_existing(logdir)
-    recursive = anchor == logdir
-    handler.target = os.path.realpath(logdir)
-    tree = Tree(os.path.realpath(logdir)) if recursive else None
-    if tree and (found := _first_new(run, tree.files)):
-        return found
-    handler.roots = tree.roots if tree else []
-    handler.moved_on = False
-    handler.take()
-    watches = _schedule(observer, handler, tree, os.path.realpath(anchor))
-    try:
+class _Waiter:
+    """One wait, across the layouts it goes through (folders appearing, links added)."""
+
+    def __init__(self, logdir: Path, run: RunData, timeout: float | None, should_stop: Callable[[], bool]) -> None:
+        self.logdir = logdir
+        self.run = run
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.should_stop = should_stop
+        self.wake = threading.Event()
+        self.handler = _Handler(self.wake)
+
+    def once(self, observer: BaseObserver) -> Path | None:
+        """Place the watches for the current layout and wait on them until data is found
+        (its path), time is up or the run ended (None), or the layout changed (_MOVED_ON)."""
+        anchor = nearest_existing(self.logdir)
+        tree = Tree(os.path.realpath(self.logdir)) if anchor == self.logdir else None
+        if tree and (found := _first_new(self.run, tree.files)):
+            return found
+        self.handler.target = os.path.realpath(self.logdir)
+        self.handler.roots = tree.roots if tree else []
+        self.handler.moved_on = False
+        self.handler.take()
+        watches = _schedule(observer, self.handler, tree, os.path.realpath(anchor))
+        outcome = _MOVED_ON
+        try:
+            outcome = self._wait(observer, watches, tree, anchor)
+            return outcome
+        finally:
+            if outcome is _MOVED_ON:  # otherwise the whole observer is stopped next
+                for watch in watches:
+                    observer.unschedule(watch)
+
+    def _wait(
+        self, observer: BaseObserver, watches: list[ObservedWatch], tree: Tree | None, anchor: Path
+    ) -> Path | None:
         if tree:
             again = Tree(tree.roots[0])
             if again.roots != tree.roots:
                 return _MOVED_ON  # a symlinked folder appeared meanwhile
             _check_watched(observer, watches, again.folders)
-            if found := _first_new(run, again.files):
+            if found := _first_new(self.run, again.files):
                 return found
-        elif nearest_existing(logdir) != anchor:
+        elif nearest_existing(self.logdir) != anchor:
             return _MOVED_ON
         while True:
-            changed, folders = handler.take()
-            if found := _first_new(run, changed):
+            changed, folders = self.handler.take()
+            if found := _first_new(self.run, changed):
                 return found
             if folders and tree:
                 _check_watched(observer, watches, folders)
-            if handler.moved_on:
+            if self.handler.moved_on:
                 return _MOVED_ON
-            if should_stop():  # one last look: a run that logged just before ending still counts
-                return _first_new(run, Tree(handler.target).files) if logdir.is_dir() else None
-            remaining = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
+            if self.should_stop():  # one last look: a run that logged just before ending still counts
+                return _first_new(self.run, Tree(self.handler.target).files) if self.logdir.is_dir() else None
+            remaining = SLICE if self.deadline is None else min(SLICE, self.deadline - time.monotonic())
             if remaining <= 0:
                 return None
-            wake.wait(remaining)
-            wake.clear()
-    finally:
-        for watch in watches:
-            observer.unschedule(watch)
+            self.wake.wait(remaining)
+            self.wake.clear()
 
 
 def _first_new(run: RunData, paths: list[str]) -> Path | None:
