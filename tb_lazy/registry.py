@@ -193,17 +193,24 @@ def _parse_record(data: Any) -> Instance:
     )
 
 
-def _warn_bad(bad: list[str]) -> None:
+def _warn_bad(bad: list[tuple[Path, str]]) -> None:
     """One ``[warn]`` line for the bad state files this process hasn't reported yet."""
-    new = [entry for entry in bad if entry not in _warned]
+    new = [(path, why) for path, why in bad if os.fspath(path) not in _warned]
     if not new:
         return
-    _warned.update(new)
-    more = f" and {len(new) - 3} more" if len(new) > 3 else ""
-    warn(f"ignored {len(new)} unreadable state file(s): {'; '.join(new[:3])}{more}")
+    _warned.update(os.fspath(path) for path, _ in new)
+    (first, why), rest = new[0], [_shown(path.name) for path, _ in new[1:]]
+    others = f"; also {', '.join(rest)}" if rest else ""
+    warn(f"ignored {len(new)} unreadable state file(s): {_shown(os.fspath(first))} ({why}){others}")
 
 
 def _own_records() -> list[Instance]:
+    found, bad = _scan_records()
+    _warn_bad(bad)
+    return found
+
+
+def _scan_records() -> tuple[list[Instance], list[tuple[Path, str]]]:
     """Our records whose TensorBoard still runs as the very process recorded.
 
     Anything else is dropped and never signalled: records of ended processes (their PID
@@ -222,7 +229,7 @@ def _own_records() -> list[Instance]:
         except FileNotFoundError:
             continue  # removed under our feet
         except (OSError, ValueError) as error:
-            bad.append(f"{_shown(path)}: {error}")
+            bad.append((path, str(error)))
             with contextlib.suppress(OSError):
                 path.unlink()
             continue
@@ -232,8 +239,7 @@ def _own_records() -> list[Instance]:
             _stop_orphan(instance)
         else:
             found.append(instance)
-    _warn_bad(bad)
-    return found
+    return found, bad
 
 
 def _stop_orphan(instance: Instance) -> None:
@@ -246,8 +252,8 @@ def _stop_orphan(instance: Instance) -> None:
     )
 
 
-def _shown(path: Path) -> str:
-    return repr(os.fspath(path)) if not os.fspath(path).isprintable() else os.fspath(path)
+def _shown(text: str) -> str:
+    return text if text.isprintable() else repr(text)
 
 
 def _info_dir() -> Path:
@@ -268,7 +274,7 @@ def _parse_info(data: Any) -> tuple[int, int, str, float]:
     return pid, port, logdir, check_time(data.get("start_time"), "start_time")
 
 
-def _tensorboard_infos() -> list[Instance]:
+def _tensorboard_infos() -> tuple[list[Instance], list[tuple[Path, str]]]:
     """TensorBoards found through their own info files (never ours to stop).
 
     An info file is trusted only while its process runs and started no later than the
@@ -277,7 +283,7 @@ def _tensorboard_infos() -> list[Instance]:
     try:
         paths = sorted(_info_dir().glob("pid-*.info"))
     except OSError:
-        return []
+        return [], []
     found, bad = [], []
     for path in paths:
         try:
@@ -285,7 +291,7 @@ def _tensorboard_infos() -> list[Instance]:
         except FileNotFoundError:
             continue
         except (OSError, ValueError) as error:
-            bad.append(f"{_shown(path)}: {error}")
+            bad.append((path, str(error)))
             continue
         if not logdir or not started_no_later_than(pid, start_time):
             continue
@@ -296,15 +302,17 @@ def _tensorboard_infos() -> list[Instance]:
             Instance(pid=pid, host="127.0.0.1", port=port, logdir=os.path.abspath(logdir), started=start_time,
                      source="tensorboard")
         )
-    _warn_bad(bad)
-    return found
+    return found, bad
 
 
 def running() -> list[Instance]:
     """Live TensorBoards, ours first; one entry per process."""
     seen: set[int] = set()
     result = []
-    for instance in _own_records() + _tensorboard_infos():
+    ours, bad = _scan_records()
+    theirs, bad_infos = _tensorboard_infos()
+    _warn_bad(bad + bad_infos)
+    for instance in ours + theirs:
         if instance.pid not in seen:
             seen.add(instance.pid)
             result.append(instance)
