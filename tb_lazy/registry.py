@@ -24,7 +24,15 @@ from typing import Any
 
 from tb_lazy.launch import answers, format_url
 from tb_lazy.messages import note, warn
-from tb_lazy.process import Identity, check_pid, check_time, is_running, started_no_later_than, stop_process
+from tb_lazy.process import (
+    Identity,
+    check_pid,
+    check_time,
+    is_running,
+    socket_states,
+    started_no_later_than,
+    stop_process,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,9 +330,20 @@ def running() -> list[Instance]:
 def find_serving(logdir: Path) -> Instance | None:
     """A live TensorBoard that serves ``logdir`` or an ancestor and answers HTTP."""
     for instance in running():
-        if instance.serves(logdir) and answers(instance.host, instance.port, logdir=Path(instance.logdir)):
+        # Ours must answer with the folder we recorded (the port may have gone to someone
+        # else while it started). One from an info file holds its port already (it wrote the
+        # file once serving) and reports its folder as typed, perhaps relative: not comparable.
+        expected = Path(instance.logdir) if instance.source == "tb_lazy" else None
+        if instance.serves(logdir) and _holds_port(instance) and answers(instance.host, instance.port, logdir=expected):
             return instance
     return None
+
+
+def _holds_port(instance: Instance) -> bool:
+    """False when we can see that its process doesn't listen on its port (yet): then whoever
+    answers there is someone else, and knocking would only fill a stranger's queue."""
+    states = socket_states(instance.pid, instance.port)
+    return states is None or "LISTEN" in states
 
 
 @contextlib.contextmanager
