@@ -149,7 +149,7 @@ def _socket_for(host: str) -> socket.socket:
     return socket.socket(family, socket.SOCK_STREAM)
 
 
-def candidate_ports(host: str, preferred: int, *, span: int = 20, skip: Collection[int] = ()) -> list[int]:
+def first_free_port(host: str, preferred: int, *, span: int = 20, skip: Collection[int] = ()) -> int:
     """The first free port from ``preferred`` on (not in ``skip``), else one the OS picks.
 
     Ports are checked one by one and the search stops at the first free one, so a
@@ -157,10 +157,10 @@ def candidate_ports(host: str, preferred: int, *, span: int = 20, skip: Collecti
     """
     for candidate in range(preferred, min(preferred + span, 65536)):
         if candidate not in skip and port_is_free(host, candidate):
-            return [candidate]
+            return candidate
     with _socket_for(host) as sock:
         sock.bind((_bind_host(host), 0))
-        return [sock.getsockname()[1]]
+        return sock.getsockname()[1]
 
 
 OnSpawn = Callable[[Identity, int], None]
@@ -192,7 +192,7 @@ def start_tensorboard(
     tried: list[int] = []
     for _ in range(PORT_TRIES):
         try:
-            chosen = candidate_ports(host, port, skip=tried)[0]
+            chosen = first_free_port(host, port, skip=tried)
         except OSError as error:
             return Failed(f"can't listen on {host}: {error.strerror or error}")
         if chosen in tried:
@@ -244,14 +244,15 @@ def _identity_of(proc: subprocess.Popen[bytes], args: list[str]) -> Identity:
     interpreter in front); if the exec isn't visible yet, the arguments we ran stand in.
     """
     deadline = time.monotonic() + 1.0
-    while True:
-        found = identify(proc.pid)
-        if found is not None and tuple(found.cmdline[-len(args) + 1 :]) == tuple(args[1:]):
-            return found
-        if found is None or time.monotonic() > deadline:
-            break
+    found = identify(proc.pid)
+    while found is not None and tuple(found.cmdline[1 - len(args) :]) != tuple(args[1:]):
+        if time.monotonic() > deadline:
+            return found  # later checks compare with what the system shows, so record that
         time.sleep(0.01)
-    try:
+        found = identify(proc.pid)
+    if found is not None:
+        return found
+    try:  # already ended (a zombie until reaped): it will be dropped as such
         create_time = psutil.Process(proc.pid).create_time()
     except psutil.Error:
         create_time = time.time()

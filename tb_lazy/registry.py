@@ -5,6 +5,12 @@ tb_lazy keeps one JSON record per TensorBoard it started in its state folder
 beside the log files TensorBoard writes its output to. TensorBoard itself writes
 ``pid-N.info`` files under ``<tmp>/.tensorboard-info`` once it serves; those count too,
 so a TensorBoard started by hand or from a notebook is found and reused as well.
+
+Nothing here trusts a PID alone. A record names the exact process tb_lazy started (PID,
+start time, command line) and is dropped, never signalled, once that process is gone;
+an info file counts only while its process started no later than the file was written.
+Only our own records are ever stopped. State files of the wrong shape are skipped with
+one warning per run.
 """
 
 from __future__ import annotations
