@@ -191,7 +191,9 @@ def _parse_record(data: Any) -> Instance:
     keep = data.get("keep", True)
     if not isinstance(keep, bool):
         raise ValueError("keep is not true/false")
-    identity = Identity.from_json({"pid": pid, "create_time": data.get("create_time"), "cmdline": data.get("cmdline")})
+    if "create_time" not in data or "cmdline" not in data:
+        raise ValueError("no start time and command line to tell its process by")
+    identity = Identity.from_json({"pid": pid, "create_time": data["create_time"], "cmdline": data["cmdline"]})
     owner = None if data.get("owner") is None else Identity.from_json(data["owner"])
     return Instance(
         pid=pid,
