@@ -8,7 +8,6 @@ exit status: 0 served / reused / nothing to do, 1 TensorBoard could not be start
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import signal
 import sys
@@ -134,10 +133,16 @@ def _age(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def _shown(text: str) -> str:
+    """``text`` as is, or quoted and escaped like a Python literal if it holds a newline or
+    other control character (one row per TensorBoard, whatever its folder is called)."""
+    return text if text.isprintable() else repr(text)
+
+
 def _run_list(args: argparse.Namespace) -> int:
     instances = registry.running()
     if args.json:
-        rows = [{"url": i.url, **dataclasses.asdict(i)} for i in instances]
+        rows = [{"url": i.url, **i.to_json()} for i in instances]
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
     if not instances:
@@ -147,7 +152,8 @@ def _run_list(args: argparse.Namespace) -> int:
     rows = [("URL", "PID", "AGE", "LOGDIR", "LOG")]
     for i in instances:
         log = i.log_file or "(started outside tb_lazy)"
-        rows.append((i.url, str(i.pid), _age(now - i.started) if i.started else "?", i.logdir, log))
+        age = _age(now - i.started) if i.started else "?"
+        rows.append(tuple(map(_shown, (i.url, str(i.pid), age, i.logdir, log))))
     widths = [max(len(row[c]) for row in rows) for c in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4])
@@ -158,14 +164,16 @@ def _run_stop(args: argparse.Namespace) -> int:
     target = None if args.all else check_logdir(args.logdir)
     stopped = registry.stop(target)
     for instance in stopped:
-        print(f"stopped TensorBoard pid={instance.pid} ({instance.url}, logdir {instance.logdir})")
+        print(f"stopped TensorBoard pid={instance.pid} ({instance.url}, logdir {_shown(instance.logdir)})")
     if stopped or args.all:
         if not stopped:
             note("no TensorBoard started by tb_lazy is running")
         return 0
     wider = next((i for i in registry.running() if i.source == "tb_lazy" and i.serves(target)), None)
-    hint = f"; pid {wider.pid} serves its parent {wider.logdir}: 'tb-lazy stop {wider.logdir}'" if wider else ""
-    print(f"{PROG}: error: no TensorBoard started by tb_lazy serves exactly {target}{hint}", file=sys.stderr)
+    parent = _shown(wider.logdir) if wider else ""
+    hint = f"; pid {wider.pid} serves its parent {parent}: 'tb-lazy stop {parent}'" if wider else ""
+    exactly = _shown(str(target))
+    print(f"{PROG}: error: no TensorBoard started by tb_lazy serves exactly {exactly}{hint}", file=sys.stderr)
     return 1
 
 

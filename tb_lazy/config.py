@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from tb_lazy.process import MAX_PID
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6006
 MAX_POLL = 3600.0  # seconds: a longer polling interval would mean never noticing the run
@@ -73,8 +75,8 @@ def parse_pid(name: str, value: str | int) -> int:
         pid = int(str(value).strip())
     except ValueError:
         raise UsageError(f"{name}={value!r} is not a process id") from None
-    if pid <= 0:
-        raise UsageError(f"{name}={value!r} is not a process id (must be > 0)")
+    if not 0 < pid <= MAX_PID:
+        raise UsageError(f"{name}={value!r} is not a process id (1-{MAX_PID})")
     return pid
 
 

@@ -8,17 +8,26 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import importlib.util
 import os
-import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
+
+import psutil
+
+from tb_lazy.process import Identity, identify, pid_alive, socket_states, stop_process
+
+__all__ = ["Failed", "Served", "answers", "pid_alive", "start_tensorboard", "stop_process", "tensorboard_command"]
 
 START_TIMEOUT = 60.0  # seconds for a TensorBoard to answer before we give up on it
 PORT_TRIES = 5  # launches tried when ports are taken under our feet
+STUCK_CONNECT = 0.3  # seconds TensorBoard may hang connecting to its own port before we call the port taken
 _BIND_ERROR = "could not bind to port"
 
 
@@ -97,7 +106,10 @@ def answers(host: str, port: int, *, logdir: Path | None = None, timeout: float 
 def port_is_free(host: str, port: int) -> bool:
     """True if we could bind ``host:port`` right now (TensorBoard may still lose the race).
 
-    Raises OSError when ``host`` can't be listened on at all (not an address of this machine).
+    A port where something on loopback accepts or stalls connections counts as taken too:
+    TensorBoard itself first connects to ``localhost:PORT`` and blocks there when the
+    listener's queue is full. Raises OSError when ``host`` can't be listened on at all
+    (not an address of this machine).
     """
     try:
         with _socket_for(host) as sock:
@@ -106,6 +118,24 @@ def port_is_free(host: str, port: int) -> bool:
         if error.errno in (errno.EADDRINUSE, errno.EACCES):
             return False
         raise
+    return not _someone_listens_on_loopback(port)
+
+
+def _someone_listens_on_loopback(port: int, *, timeout: float = 0.3) -> bool:
+    """TensorBoard's own port check, but with a deadline: a refusal means free.
+
+    One short connection at most (closed with a reset), so a listener that never
+    accepts doesn't get its queue filled by us.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        try:
+            sock.connect(("127.0.0.1", port))
+        except TimeoutError:
+            return True  # its queue is full: TensorBoard's check would hang here
+        except OSError:
+            return False  # refused (or loopback unusable): nothing there
     return True
 
 
@@ -119,14 +149,21 @@ def _socket_for(host: str) -> socket.socket:
     return socket.socket(family, socket.SOCK_STREAM)
 
 
-def candidate_ports(host: str, preferred: int, *, span: int = 20) -> list[int]:
-    """The preferred port first, then its neighbours, then one the OS picks; free ones only."""
-    ports = [p for p in range(preferred, min(preferred + span, 65536)) if port_is_free(host, p)]
-    if not ports:
-        with _socket_for(host) as sock:
-            sock.bind((_bind_host(host), 0))
-            ports = [sock.getsockname()[1]]
-    return ports
+def first_free_port(host: str, preferred: int, *, span: int = 20, skip: Collection[int] = ()) -> int:
+    """The first free port from ``preferred`` on (not in ``skip``), else one the OS picks.
+
+    Ports are checked one by one and the search stops at the first free one, so a
+    listener that never accepts is knocked on at most once per search.
+    """
+    for candidate in range(preferred, min(preferred + span, 65536)):
+        if candidate not in skip and port_is_free(host, candidate):
+            return candidate
+    with _socket_for(host) as sock:
+        sock.bind((_bind_host(host), 0))
+        return sock.getsockname()[1]
+
+
+OnSpawn = Callable[[Identity, int], None]
 
 
 def start_tensorboard(
@@ -136,11 +173,17 @@ def start_tensorboard(
     port: int,
     log_file: Path,
     timeout: float = START_TIMEOUT,
+    on_spawn: OnSpawn | None = None,
+    on_drop: Callable[[int], None] | None = None,
 ) -> Served | Failed:
     """Launch TensorBoard on ``port`` (or a free port near it) and wait until it answers.
 
     TensorBoard runs in its own session, so a Ctrl-C meant for the pipeline does not
-    reach it; its output is appended to ``log_file``. On failure nothing is left running.
+    reach it; its output is appended to ``log_file``. ``on_spawn(identity, port)`` is
+    called right after the process exists, before anything is waited for (to record
+    it: a TensorBoard must never run unrecorded); if it raises OSError, TensorBoard is
+    stopped again and the launch fails. ``on_drop(pid)`` is called for every process
+    stopped here. On failure nothing is left running.
     """
     command = tensorboard_command()
     if command is None:
@@ -149,12 +192,11 @@ def start_tensorboard(
     tried: list[int] = []
     for _ in range(PORT_TRIES):
         try:
-            ports = [p for p in candidate_ports(host, port) if p not in tried]
+            chosen = first_free_port(host, port, skip=tried)
         except OSError as error:
             return Failed(f"can't listen on {host}: {error.strerror or error}")
-        if not ports:
+        if chosen in tried:
             break
-        chosen = ports[0]
         tried.append(chosen)
         args = [*command, "--logdir", os.fspath(logdir), "--host", host.strip("[]"), "--port", str(chosen)]
         with open(log_file, "ab") as log:
@@ -164,13 +206,57 @@ def start_tensorboard(
             proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+        drop = functools.partial(_drop, proc.pid, on_drop)
+        try:
+            if on_spawn is not None:
+                on_spawn(_identity_of(proc, args), chosen)
+        except OSError as error:
+            drop()
+            where = f" ({error.filename})" if error.filename else ""
+            return Failed(
+                f"can't record TensorBoard in tb_lazy's state folder: {error.strerror or error}{where}; "
+                "stopped it rather than leave it running unrecorded",
+                str(log_file),
+            )
+        except BaseException:
+            drop()
+            raise
         outcome = _wait_until_serving(
-            proc, logdir=logdir, host=host, port=chosen, log_file=log_file, log_start=start, timeout=timeout
+            proc, logdir=logdir, host=host, port=chosen, log_file=log_file, log_start=start, timeout=timeout, drop=drop
         )
         if isinstance(outcome, Served) or _BIND_ERROR not in outcome.reason:
             return outcome
         # the port was taken between our check and TensorBoard's bind: try another
     return Failed(f"no free port found near {port} (tried {', '.join(map(str, tried))})", str(log_file))
+
+
+def _drop(pid: int, on_drop: Callable[[int], None] | None) -> None:
+    """Stop a TensorBoard we started and forget it."""
+    stop_process(pid)
+    if on_drop is not None:
+        on_drop(pid)
+
+
+def _identity_of(proc: subprocess.Popen[bytes], args: list[str]) -> Identity:
+    """The identity of the TensorBoard just started, as later checks will see it.
+
+    Its command line is read back from the system (a console script shows up with its
+    interpreter in front); if the exec isn't visible yet, the arguments we ran stand in.
+    """
+    deadline = time.monotonic() + 1.0
+    found = identify(proc.pid)
+    while found is not None and tuple(found.cmdline[1 - len(args) :]) != tuple(args[1:]):
+        if time.monotonic() > deadline:
+            return found  # later checks compare with what the system shows, so record that
+        time.sleep(0.01)
+        found = identify(proc.pid)
+    if found is not None:
+        return found
+    try:  # already ended (a zombie until reaped): it will be dropped as such
+        create_time = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        create_time = time.time()
+    return Identity(pid=proc.pid, create_time=create_time, cmdline=tuple(args))
 
 
 def _wait_until_serving(
@@ -182,29 +268,47 @@ def _wait_until_serving(
     log_file: Path,
     log_start: int,
     timeout: float,
+    drop: Callable[[], None],
 ) -> Served | Failed:
+    """Wait for ``proc`` to answer on ``port``; HTTP is tried only once it holds the port itself.
+
+    Knocking on a port TensorBoard doesn't hold yet would reach whoever else listens
+    there. TensorBoard stuck connecting to its port (its own in-use check, against a
+    listener that never accepts) counts as a bind failure, so another port is tried.
+    """
     deadline = time.monotonic() + timeout
+    stuck_since: float | None = None
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                drop()
                 reason = _tail_from(log_file, log_start) or f"exited with status {proc.returncode}"
                 return Failed(f"TensorBoard exited with status {proc.returncode}: {reason}", str(log_file))
+            states = socket_states(proc.pid, port)
+            if states is not None and "SYN_SENT" in states and "LISTEN" not in states:
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since > STUCK_CONNECT:
+                    drop()
+                    return Failed(f"TensorBoard {_BIND_ERROR} {port}: something there never accepts", str(log_file))
+            else:
+                stuck_since = None
             # ours, not another TensorBoard that took the port in the meantime
-            if answers(host, port, logdir=logdir, timeout=0.5) and proc.poll() is None:
-                return Served(
-                    url=format_url(host, port),
-                    host=host,
-                    port=port,
-                    pid=proc.pid,
-                    logdir=os.fspath(logdir),
-                    reused=False,
-                    log_file=str(log_file),
-                )
+            if (states is None or "LISTEN" in states) and answers(host, port, logdir=logdir, timeout=0.5):
+                if proc.poll() is None:
+                    return Served(
+                        url=format_url(host, port),
+                        host=host,
+                        port=port,
+                        pid=proc.pid,
+                        logdir=os.fspath(logdir),
+                        reused=False,
+                        log_file=str(log_file),
+                    )
             time.sleep(0.05)
-        stop_process(proc.pid)
+        drop()
         return Failed(f"TensorBoard did not answer on port {port} within {timeout:.0f}s", str(log_file))
     except BaseException:
-        stop_process(proc.pid)
+        drop()
         raise
 
 
@@ -217,60 +321,3 @@ def _tail_from(path: Path, offset: int) -> str:
         return ""
     kept = [line.strip() for line in text.splitlines() if line.strip()]
     return " | ".join(kept[-3:])
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as ended)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): trust kill()
-
-
-def stop_process(pid: int, *, grace: float = 5.0) -> bool:
-    """Stop ``pid`` and its process group: SIGTERM, then SIGKILL after ``grace`` seconds.
-
-    Safe to call twice or on a process already gone. Returns True if it was running.
-    """
-    if not pid_alive(pid):
-        _reap(pid)
-        return False
-    _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.05)
-    _signal_group(pid, signal.SIGKILL)
-    deadline = time.monotonic() + grace
-    while pid_alive(pid) and time.monotonic() < deadline:
-        _reap(pid)
-        time.sleep(0.05)
-    return True
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    """Signal the whole group when ``pid`` leads one (TensorBoard and its data server)."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _reap(pid: int) -> None:
-    """Collect our own child's exit status so it doesn't linger as a zombie."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

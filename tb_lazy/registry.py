@@ -5,6 +5,12 @@ tb_lazy keeps one JSON record per TensorBoard it started in its state folder
 beside the log files TensorBoard writes its output to. TensorBoard itself writes
 ``pid-N.info`` files under ``<tmp>/.tensorboard-info`` once it serves; those count too,
 so a TensorBoard started by hand or from a notebook is found and reused as well.
+
+Nothing here trusts a PID alone. A record names the exact process tb_lazy started (PID,
+start time, command line) and is dropped, never signalled, once that process is gone;
+an info file counts only while its process started no later than the file was written.
+Only our own records are ever stopped. State files of the wrong shape are skipped with
+one warning per run.
 """
 
 from __future__ import annotations
@@ -15,17 +21,34 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from tb_lazy.launch import answers, format_url, pid_alive, stop_process
+from tb_lazy.launch import answers, format_url
+from tb_lazy.messages import note, warn
+from tb_lazy.process import (
+    Identity,
+    check_pid,
+    check_time,
+    is_running,
+    socket_states,
+    started_no_later_than,
+    stop_process,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Instance:
-    """A running TensorBoard as the registry knows it."""
+    """A running TensorBoard as the registry knows it.
+
+    Records of ours carry the identity of the process tb_lazy started (``create_time``
+    and the exact ``cmdline``); with ``keep`` off they also name their ``owner``, the
+    watcher that is to stop it.
+    """
 
     pid: int
     host: str
@@ -34,16 +57,30 @@ class Instance:
     started: float
     log_file: str | None = None
     source: str = "tb_lazy"  # or "tensorboard": found through TensorBoard's own info file
+    create_time: float = 0.0
+    cmdline: tuple[str, ...] = ()
+    keep: bool = True
+    owner: Identity | None = None
 
     @property
     def url(self) -> str:
         return format_url(self.host, self.port)
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(pid=self.pid, create_time=self.create_time, cmdline=self.cmdline)
 
     def serves(self, logdir: Path) -> bool:
         """True when this instance's log folder is ``logdir`` or one of its ancestors."""
         mine = Path(os.path.realpath(self.logdir))
         logdir = Path(os.path.realpath(logdir))
         return logdir == mine or mine in logdir.parents
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["cmdline"] = list(self.cmdline)
+        data["owner"] = None if self.owner is None else self.owner.to_json()
+        return data
 
 
 def state_dir() -> Path:
@@ -78,13 +115,43 @@ def new_log_file(port: int) -> Path:
     return folder / f"tensorboard-{stamp}-{os.getpid()}-{port}.log"
 
 
+MAX_STATE_FILE = 64 * 1024  # bytes; a record or info file larger than this is not one
+TMP_AGE = 60.0  # seconds after which a ``.*.json.tmp`` left by a failed write is removed
+_warned: set[str] = set()  # bad state files already reported by this process
+
+
 def add(instance: Instance) -> None:
-    """Record a TensorBoard we started (atomically: readers never see half a file)."""
+    """Record a TensorBoard we started (atomically: readers never see half a file).
+
+    On failure (a full disk) the partial temporary file is removed and OSError raised.
+    """
     folder = _records_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{instance.pid}.json.tmp"
-    tmp.write_text(json.dumps(dataclasses.asdict(instance), indent=2), encoding="utf-8")
-    os.replace(tmp, folder / f"{instance.pid}.json")
+    _write_atomically(folder / f"{instance.pid}.json", json.dumps(instance.to_json(), indent=2))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.json.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _remove_old_tmp(folder: Path) -> None:
+    """Remove ``.*.json.tmp`` files that failed writes left behind (not ones being written now)."""
+    cutoff = time.time() - TMP_AGE
+    with contextlib.suppress(OSError):
+        for tmp in folder.glob(".*.json.tmp"):
+            with contextlib.suppress(OSError):
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
 
 
 def remove(pid: int) -> None:
@@ -93,76 +160,175 @@ def remove(pid: int) -> None:
         (_records_dir() / f"{pid}.json").unlink()
 
 
-def _is_process(pid: int, marker: bytes) -> bool:
-    """True if ``pid`` runs with ``marker`` in its command line (guards against a recycled PID)."""
-    if not pid_alive(pid):
-        return False
+def _load(path: Path) -> Any:
+    """A small JSON file's content; ValueError if it isn't one."""
+    with open(path, "rb") as handle:
+        raw = handle.read(MAX_STATE_FILE + 1)
+    if len(raw) > MAX_STATE_FILE:
+        raise ValueError(f"larger than {MAX_STATE_FILE} bytes")
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return not Path("/proc/self").exists()  # gone, unless there is no /proc (macOS)
-    except OSError:
-        return True
-    return marker in cmdline
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, RecursionError) as error:
+        raise ValueError(str(error) or type(error).__name__) from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON ({error.msg})") from None
 
 
-def _is_tensorboard(pid: int) -> bool:
-    return _is_process(pid, b"tensorboard")
+def _parse_record(data: Any) -> Instance:
+    """One record of ours, every field checked; ValueError naming the first bad one."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected an object, got {type(data).__name__}")
+    pid = check_pid(data.get("pid"))
+    port = data.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"port is not a port number: {port!r:.40}")
+    for name in ("host", "logdir"):
+        if not isinstance(data.get(name), str) or not data[name]:
+            raise ValueError(f"{name} is not a non-empty string")
+    log_file = data.get("log_file")
+    if log_file is not None and not isinstance(log_file, str):
+        raise ValueError("log_file is not a string")
+    keep = data.get("keep", True)
+    if not isinstance(keep, bool):
+        raise ValueError("keep is not true/false")
+    if "create_time" not in data or "cmdline" not in data:
+        raise ValueError("no start time and command line to tell its process by")
+    identity = Identity.from_json({"pid": pid, "create_time": data["create_time"], "cmdline": data["cmdline"]})
+    owner = None if data.get("owner") is None else Identity.from_json(data["owner"])
+    return Instance(
+        pid=pid,
+        host=data["host"],
+        port=port,
+        logdir=data["logdir"],
+        started=check_time(data.get("started"), "started"),
+        log_file=log_file,
+        create_time=identity.create_time,
+        cmdline=identity.cmdline,
+        keep=keep,
+        owner=owner,
+    )
+
+
+def _warn_bad(bad: list[tuple[Path, str]]) -> None:
+    """One ``[warn]`` line for the bad state files this process hasn't reported yet."""
+    new = [(path, why) for path, why in bad if os.fspath(path) not in _warned]
+    if not new:
+        return
+    _warned.update(os.fspath(path) for path, _ in new)
+    (first, why), rest = new[0], [_shown(path.name) for path, _ in new[1:]]
+    others = f"; also {', '.join(rest)}" if rest else ""
+    warn(f"ignored {len(new)} unreadable state file(s): {_shown(os.fspath(first))} ({why}){others}")
 
 
 def _own_records() -> list[Instance]:
-    found = []
-    for path in sorted(_records_dir().glob("*.json")):
-        try:
-            instance = Instance(**json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError):
-            continue  # unreadable or foreign: not ours to trust
-        if _is_tensorboard(instance.pid):
-            found.append(instance)
-        else:
-            remove(instance.pid)  # stale: the process is gone
+    found, bad = _scan_records()
+    _warn_bad(bad)
     return found
+
+
+def _scan_records() -> tuple[list[Instance], list[tuple[Path, str]]]:
+    """Our records whose TensorBoard still runs as the very process recorded.
+
+    Anything else is dropped and never signalled: records of ended processes (their PID
+    may belong to someone else by now) and records of the wrong shape (with a warning).
+    A TensorBoard started without keep whose watcher is gone is stopped here: every
+    command that looks at the registry comes through this one place.
+    """
+    folder = _records_dir()
+    _remove_old_tmp(folder)
+    found, bad = [], []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            instance = _parse_record(_load(path))
+            if path.stem != str(instance.pid):
+                raise ValueError(f"its pid {instance.pid} doesn't match its name")
+        except FileNotFoundError:
+            continue  # removed under our feet
+        except (OSError, ValueError) as error:
+            bad.append((path, str(error)))
+            with contextlib.suppress(OSError):
+                path.unlink()
+            continue
+        if not is_running(instance.identity):
+            remove(instance.pid)  # stale: that process is gone (its PID may be someone else's now)
+        elif not instance.keep and instance.owner is not None and not is_running(instance.owner):
+            _stop_orphan(instance)
+        else:
+            found.append(instance)
+    return found, bad
+
+
+def _stop_orphan(instance: Instance) -> None:
+    assert instance.owner is not None
+    stop_process(instance.pid, identity=instance.identity)
+    remove(instance.pid)
+    note(
+        f"stopped TensorBoard pid={instance.pid} ({instance.url}): the watcher that owned it "
+        f"(pid {instance.owner.pid}) is gone and TB_KEEP=0"
+    )
+
+
+def _shown(text: str) -> str:
+    return text if text.isprintable() else repr(text)
 
 
 def _info_dir() -> Path:
     return Path(tempfile.gettempdir()) / ".tensorboard-info"
 
 
-def _tensorboard_infos() -> list[Instance]:
-    found = []
+def _parse_info(data: Any) -> tuple[int, int, str, float]:
+    """(pid, port, logdir, start_time) from TensorBoard's own info file; ValueError if malformed."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected an object, got {type(data).__name__}")
+    pid = check_pid(data.get("pid"))
+    port = data.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"port is not a port number: {port!r:.40}")
+    logdir = data.get("logdir")
+    if not isinstance(logdir, str):
+        raise ValueError("logdir is not a string")
+    return pid, port, logdir, check_time(data.get("start_time"), "start_time")
+
+
+def _tensorboard_infos() -> tuple[list[Instance], list[tuple[Path, str]]]:
+    """TensorBoards found through their own info files (never ours to stop).
+
+    An info file is trusted only while its process runs and started no later than the
+    file says it was written: a process started after that only inherited the PID.
+    """
     try:
         paths = sorted(_info_dir().glob("pid-*.info"))
     except OSError:
-        return found
+        return [], []
+    found, bad = [], []
     for path in paths:
         try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-            pid, port, logdir = int(info["pid"]), int(info["port"]), str(info.get("logdir") or "")
-        except (OSError, ValueError, TypeError, KeyError):
+            pid, port, logdir, start_time = _parse_info(_load(path))
+        except FileNotFoundError:
             continue
-        if not logdir or not _is_tensorboard(pid):
+        except (OSError, ValueError) as error:
+            bad.append((path, str(error)))
+            continue
+        if not logdir or not started_no_later_than(pid, start_time):
             continue
         if not os.path.isabs(logdir):  # relative to that process's working folder
             with contextlib.suppress(OSError):
                 logdir = os.path.join(os.readlink(f"/proc/{pid}/cwd"), logdir)
         found.append(
-            Instance(
-                pid=pid,
-                host="127.0.0.1",
-                port=port,
-                logdir=os.path.abspath(logdir),
-                started=float(info.get("start_time") or 0),
-                source="tensorboard",
-            )
+            Instance(pid=pid, host="127.0.0.1", port=port, logdir=os.path.abspath(logdir), started=start_time,
+                     source="tensorboard")
         )
-    return found
+    return found, bad
 
 
 def running() -> list[Instance]:
     """Live TensorBoards, ours first; one entry per process."""
     seen: set[int] = set()
     result = []
-    for instance in _own_records() + _tensorboard_infos():
+    ours, bad = _scan_records()
+    theirs, bad_infos = _tensorboard_infos()
+    _warn_bad(bad + bad_infos)
+    for instance in ours + theirs:
         if instance.pid not in seen:
             seen.add(instance.pid)
             result.append(instance)
@@ -172,9 +338,20 @@ def running() -> list[Instance]:
 def find_serving(logdir: Path) -> Instance | None:
     """A live TensorBoard that serves ``logdir`` or an ancestor and answers HTTP."""
     for instance in running():
-        if instance.serves(logdir) and answers(instance.host, instance.port):
+        # Ours must answer with the folder we recorded (the port may have gone to someone
+        # else while it started). One from an info file holds its port already (it wrote the
+        # file once serving) and reports its folder as typed, perhaps relative: not comparable.
+        expected = Path(instance.logdir) if instance.source == "tb_lazy" else None
+        if instance.serves(logdir) and _holds_port(instance) and answers(instance.host, instance.port, logdir=expected):
             return instance
     return None
+
+
+def _holds_port(instance: Instance) -> bool:
+    """False when we can see that its process doesn't listen on its port (yet): then whoever
+    answers there is someone else, and knocking would only fill a stranger's queue."""
+    states = socket_states(instance.pid, instance.port)
+    return states is None or "LISTEN" in states
 
 
 @contextlib.contextmanager
@@ -187,14 +364,20 @@ def watching(logdir: Path) -> Iterator[int]:
     """
     folder = _watchers_dir()
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_old_tmp(folder)
     path = folder / f"{os.getpid()}.json"
     tmp = folder / f".{os.getpid()}.json.tmp"
     entry = {"pid": os.getpid(), "logdir": os.fspath(logdir), "since": time.time_ns()}
     with open(tmp, "w", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # the lock is on the file itself: it moves with the rename
-        handle.write(json.dumps(entry))
-        handle.flush()
-        os.replace(tmp, path)
+        try:
+            handle.write(json.dumps(entry))
+            handle.flush()
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         try:
             yield entry["since"]
         finally:
@@ -205,6 +388,7 @@ def watching(logdir: Path) -> Iterator[int]:
 def _live_watchers() -> list[dict]:
     """Announcements of watchers still running (stale ones are removed on the way)."""
     found = []
+    _remove_old_tmp(_watchers_dir())
     for path in sorted(_watchers_dir().glob("*.json")):
         try:
             with open(path, encoding="utf-8") as handle:
@@ -214,7 +398,7 @@ def _live_watchers() -> list[dict]:
                     found.append(json.loads(handle.read()))  # locked: its watcher is alive
                     continue
                 path.unlink()  # nobody holds it: a watcher killed without cleanup
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
     return found
 
@@ -269,7 +453,21 @@ def stop(logdir: Path | None = None) -> list[Instance]:
     stopped = []
     for instance in _own_records():
         if target is None or os.path.realpath(instance.logdir) == target:
-            stop_process(instance.pid)
+            stop_process(instance.pid, identity=instance.identity)
             remove(instance.pid)
             stopped.append(instance)
+    return stopped
+
+
+def stop_recorded(pid: int) -> bool:
+    """Stop the TensorBoard recorded as ``pid`` if it is still that very process; forget it.
+
+    Returns True if it was running.
+    """
+    try:
+        instance = _parse_record(_load(_records_dir() / f"{pid}.json"))
+    except (OSError, ValueError):
+        return False  # not recorded (any more): someone stopped it already, or it never was
+    stopped = stop_process(instance.pid, identity=instance.identity)
+    remove(instance.pid)
     return stopped

@@ -26,10 +26,10 @@ from tb_lazy.launch import (
     pid_alive,
     port_is_free,
     start_tensorboard,
-    stop_process,
     tensorboard_command,
 )
 from tb_lazy.messages import warn
+from tb_lazy.process import Identity, identify
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,21 +168,37 @@ def _reuse_or_launch(settings: Settings, since: int) -> Served | Failed:
 
 
 def _launch(settings: Settings) -> Served | Failed:
-    """Start TensorBoard for ``settings`` and record it (the caller holds the launch lock)."""
+    """Start TensorBoard for ``settings`` and record it (the caller holds the launch lock).
+
+    The record is written as soon as the process exists, before it serves: whatever
+    happens to this watcher afterwards, ``tb-lazy stop`` can stop it. Without keep, the
+    record names this watcher as its owner, so the next tb_lazy command stops a
+    TensorBoard whose watcher vanished.
+    """
     log_file = registry.new_log_file(settings.port)
-    outcome = start_tensorboard(settings.logdir, host=settings.host, port=settings.port, log_file=log_file)
-    if isinstance(outcome, Served):
+    owner = None if settings.keep else identify(os.getpid())
+    started = time.time()
+
+    def record(identity: Identity, port: int) -> None:
         registry.add(
             registry.Instance(
-                pid=outcome.pid,
-                host=outcome.host,
-                port=outcome.port,
-                logdir=outcome.logdir,
-                started=time.time(),
-                log_file=outcome.log_file,
+                pid=identity.pid,
+                host=settings.host,
+                port=port,
+                logdir=os.fspath(settings.logdir),
+                started=started,
+                log_file=str(log_file),
+                create_time=identity.create_time,
+                cmdline=identity.cmdline,
+                keep=settings.keep,
+                owner=owner,
             )
         )
-    return outcome
+
+    return start_tensorboard(
+        settings.logdir, host=settings.host, port=settings.port, log_file=log_file, on_spawn=record,
+        on_drop=registry.remove,
+    )
 
 
 def _wait_then_stop(pid: int, ended: Callable[[], bool]) -> None:
@@ -193,5 +209,5 @@ def _wait_then_stop(pid: int, ended: Callable[[], bool]) -> None:
 
 
 def _stop_ours(pid: int) -> None:
-    stop_process(pid)
-    registry.remove(pid)
+    """Stop the TensorBoard we recorded as ``pid``, if it is still that very process."""
+    registry.stop_recorded(pid)

@@ -71,7 +71,8 @@ def test_auto_off_says_so_once_and_exits_0(tb_env, capsys, monkeypatch):
 
 
 def test_missing_tensorboard_warns_with_install_command_and_exits_0(tb_env, tmp_path):
-    """A real interpreter without TensorBoard: a venv that sees only watchdog and tb_lazy."""
+    """A real interpreter without TensorBoard: a venv that sees only tb_lazy and its other dependencies."""
+    import psutil
     import watchdog
 
     env_dir = tmp_path / "bare-venv"
@@ -82,7 +83,8 @@ def test_missing_tensorboard_warns_with_install_command_and_exits_0(tb_env, tmp_
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     (Path(site) / "deps.pth").write_text(f"{REPO}\n")
-    (Path(site) / "watchdog").symlink_to(Path(watchdog.__file__).parent)
+    for module in (watchdog, psutil):
+        (Path(site) / module.__name__).symlink_to(Path(module.__file__).parent)
     write_scalar(tb_env.root / "logs")
     env = {k: v for k, v in tb_env.env.items() if k != "PYTHONPATH"}
     result = subprocess.run(

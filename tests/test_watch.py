@@ -144,7 +144,8 @@ def test_dead_instance_is_not_reused(tb_env):
     # A stale info file from a TensorBoard killed without cleanup must not count either.
     info_dir = Path(tb_env.env["TMPDIR"]) / ".tensorboard-info"
     info_dir.mkdir(exist_ok=True)
-    (info_dir / f"pid-{old_pid}.info").write_text(json.dumps({"pid": old_pid, "port": 1, "logdir": str(logdir)}))
+    stale = {"pid": old_pid, "port": 1, "logdir": str(logdir), "start_time": int(time.time())}
+    (info_dir / f"pid-{old_pid}.info").write_text(json.dumps(stale))
     second = tb_env.run("watch", str(logdir), "--existing")
     _, new_pid, reused = served(second.next_line(60))
     assert not reused and new_pid != old_pid

@@ -1,0 +1,317 @@
+"""Fault injection for tb_lazy's process handling: whom it signals, what it records, bad state.
+
+Every test uses real processes: an unrelated process given a recorded PID, watchers
+SIGKILLed mid-launch, a state folder on a full tmpfs, a socket that never accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import free_port, get_json, tensorboard_pids, wait_for, write_scalar
+
+import tb_lazy.launch
+from tb_lazy.cli import main
+from tb_lazy.process import MAX_PID, pid_alive
+
+pytestmark = pytest.mark.faults
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(999)", "--tensorboard_dir", "x"]
+
+
+def tb_lazy_cli(tb_env, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m tb_lazy ARGS`` to completion, in the test's isolated state."""
+    return subprocess.run(
+        [sys.executable, "-m", "tb_lazy", *args], env=tb_env.env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def records(tb_env) -> Path:
+    return Path(tb_env.env["TB_LAZY_STATE_DIR"]) / "running"
+
+
+def record_of(process: psutil.Process, **fields) -> dict:
+    """A record in tb_lazy's format naming ``process`` exactly (fields override)."""
+    record = {
+        "pid": process.pid, "host": "127.0.0.1", "port": 1, "logdir": "/x", "started": time.time(),
+        "log_file": None, "source": "tb_lazy", "create_time": process.create_time(),
+        "cmdline": process.cmdline(), "keep": True, "owner": None,
+    }
+    return {**record, **fields}
+
+
+def write_record(tb_env, record: dict | str, name: str | None = None) -> Path:
+    folder = records(tb_env)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (name or f"{record['pid']}.json")  # type: ignore[index]
+    path.write_text(record if isinstance(record, str) else json.dumps(record))
+    return path
+
+
+def served_line(line: str | None) -> dict:
+    assert line is not None, "the watcher printed no URL line"
+    return json.loads(line)
+
+
+def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+
+
+# 1. Identity, not names -------------------------------------------------------------------
+
+
+def test_stop_all_never_signals_an_unrelated_process_with_a_recorded_pid(tb_env):
+    """The issue's repro (a trainer-like sleeper with ``--tensorboard_dir`` in its command line,
+    its PID in an old-style record), plus a reused PID (right PID and command line, other
+    start time), plus a right PID and start time with another command line."""
+    sleeper = tb_env.spawn(SLEEPER)
+    process = psutil.Process(sleeper.pid)
+    wait_for(lambda: process.cmdline()[-1:] == ["x"], timeout=10)
+    old_style = {"pid": sleeper.pid, "host": "127.0.0.1", "port": 1, "logdir": "/x", "started": 0}
+    for record in (
+        old_style,
+        record_of(process, create_time=process.create_time() - 3600),  # the PID's earlier owner
+        record_of(process, cmdline=[sys.executable, "-m", "tensorboard.main", "--logdir", "/x"]),
+    ):
+        write_record(tb_env, record)
+        result = tb_lazy_cli(tb_env, "stop", "--all")
+        assert result.returncode == 0, result.stderr
+        no_traceback(result)
+        assert sleeper.proc.poll() is None, f"stop --all killed an unrelated process given record {record}"
+        assert not (records(tb_env) / f"{sleeper.pid}.json").exists(), "an untrusted record is dropped"
+    # TensorBoard's own info file naming the sleeper's PID, written before the sleeper started
+    info_dir = Path(tb_env.env["TMPDIR"]) / ".tensorboard-info"
+    info_dir.mkdir(exist_ok=True)
+    info = {"pid": sleeper.pid, "port": 1, "logdir": "/x", "start_time": int(process.create_time()) - 3600}
+    (info_dir / f"pid-{sleeper.pid}.info").write_text(json.dumps(info))
+    listed = tb_lazy_cli(tb_env, "list", "--json")
+    assert json.loads(listed.stdout) == [], "an info file older than its PID's process is not trusted"
+    assert tb_lazy_cli(tb_env, "stop", "--all").returncode == 0 and sleeper.proc.poll() is None
+
+
+def test_reuse_requires_the_recorded_folder_on_the_port(tb_env):
+    """A trusted record whose port is answered by a TensorBoard serving another folder is not reused."""
+    other, logdir = tb_env.root / "other", tb_env.root / "logs"
+    write_scalar(other)
+    port = free_port()
+    by_hand = tb_env.spawn(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(other), "--host", "127.0.0.1", "--port", str(port)]
+    )
+    assert wait_for(lambda: tb_lazy.launch.answers("127.0.0.1", port), timeout=60)
+    write_record(tb_env, record_of(psutil.Process(by_hand.pid), port=port, logdir=str(logdir)))
+    watcher = tb_env.run("watch", str(logdir), "--json")
+    tb_env.watching(watcher)
+    write_scalar(logdir)
+    info = served_line(watcher.next_line(60))
+    assert not info["reused"] and info["pid"] != by_hand.pid and info["port"] != port
+    assert get_json(f"{info['url']}/data/environment")["data_location"] == str(logdir)
+    assert watcher.wait() == 0
+
+
+# 5. Recorded before it can be orphaned ------------------------------------------------------
+
+
+def test_watcher_sigkilled_during_launch_leaves_a_tensorboard_stop_dir_stops(tb_env):
+    """The record appears right after TensorBoard is spawned; the watcher is killed then,
+    before TensorBoard serves (a real TensorBoard takes about a second to answer)."""
+    logdir = tb_env.root / "logs"
+    watcher = tb_env.run("watch", str(logdir))
+    tb_env.watching(watcher)
+    write_scalar(logdir)
+    recorded = wait_for(lambda: list(records(tb_env).glob("*.json")), timeout=60, interval=0.005)
+    os.kill(watcher.pid, signal.SIGKILL)
+    assert watcher.wait() == -signal.SIGKILL
+    assert watcher.stdout == [], "the watcher was to be killed before TensorBoard served"
+    pid = int(recorded[0].stem)
+    assert pid_alive(pid), "TensorBoard outlives its watcher (TB_KEEP=1)"
+    listed = json.loads(tb_lazy_cli(tb_env, "list", "--json").stdout)
+    assert [(i["pid"], i["logdir"]) for i in listed] == [(pid, str(logdir))], "not '(started outside tb_lazy)'"
+    result = tb_lazy_cli(tb_env, "stop", str(logdir))
+    assert result.returncode == 0 and f"pid={pid}" in result.stdout, result.stderr
+    assert not pid_alive(pid) and tensorboard_pids(tb_env.root) == []
+
+
+def test_no_keep_tensorboard_whose_watcher_was_sigkilled_is_stopped_by_the_next_list(tb_env):
+    logdir = tb_env.root / "logs"
+    parent = tb_env.spawn([sys.executable, "-c", "import time; time.sleep(600)"])
+    watcher = tb_env.run("watch", str(logdir), "--exit-with", str(parent.pid), "--json", env={"TB_KEEP": "0"})
+    tb_env.watching(watcher)
+    write_scalar(logdir)
+    pid = served_line(watcher.next_line(60))["pid"]
+    os.kill(watcher.pid, signal.SIGKILL)
+    watcher.wait()
+    assert pid_alive(pid), "nothing has noticed yet"
+    result = tb_lazy_cli(tb_env, "list")
+    assert result.returncode == 0
+    assert f"stopped TensorBoard pid={pid}" in result.stderr and "TB_KEEP=0" in result.stderr, result.stderr
+    assert not pid_alive(pid) and tensorboard_pids(tb_env.root) == []
+    assert list(records(tb_env).glob("*.json")) == []
+
+
+def test_state_folder_on_a_full_disk_fails_cleanly_and_leaves_nothing_running(tb_env):
+    """A real tmpfs of 256 KiB as the state folder, filled to its last page once the watcher
+    runs: TensorBoard's log takes that page, so the record can't be written."""
+    state = Path(tb_env.env["TB_LAZY_STATE_DIR"])
+    state.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(state)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"can't mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        logdir = tb_env.root / "logs"
+        watcher = tb_env.run("watch", str(logdir))
+        tb_env.watching(watcher)
+        stats = os.statvfs(state)
+        with open(state / "filler", "wb") as filler:
+            filler.write(b"\0" * ((stats.f_bavail - 1) * stats.f_frsize))
+        write_scalar(logdir)
+        assert watcher.wait(timeout=120) == 1
+        assert len(watcher.stderr) == 1, watcher.stderr
+        assert "can't record TensorBoard" in watcher.stderr[0] and "No space left" in watcher.stderr[0]
+        assert tensorboard_pids(tb_env.root) == [], "a TensorBoard runs unrecorded"
+        assert list(records(tb_env).iterdir()) == [], "no record, no .json.tmp left behind"
+    finally:
+        for proc in tb_env._procs:
+            proc.stop()
+        if subprocess.run(["umount", str(state)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(state)], capture_output=True)
+
+
+# 7 and 10. State of any shape; leftovers of failed writes -----------------------------------
+
+
+def test_state_files_of_any_shape_are_skipped_with_one_warning(tb_env):
+    folder = records(tb_env)
+    write_record(tb_env, '{"pid":"1","host":"127.0.0.1","port":1,"logdir":"/x","started":0}', "1.json")
+    write_record(tb_env, "[1, 2, 3]", "2.json")
+    write_record(tb_env, "\x00\xff garbage {", "3.json")
+    write_record(tb_env, json.dumps({"pid": 10**30, "port": 6006, "logdir": "/x"}), "4.json")
+    write_record(tb_env, "[" * 100_000 + "]" * 100_000, "5.json")
+    write_record(tb_env, json.dumps({"pid": 6, "port": 2**70, "host": "h", "logdir": "/x", "started": 1e400}), "6.json")
+    info_dir = Path(tb_env.env["TMPDIR"]) / ".tensorboard-info"
+    info_dir.mkdir(exist_ok=True)
+    (info_dir / "pid-7.info").write_text('{"pid": "7", "port": null}')
+    old_tmp, fresh_tmp = folder / ".8.123-ab.json.tmp", folder / ".9.456-cd.json.tmp"
+    for tmp in (old_tmp, fresh_tmp):
+        tmp.write_text('{"pid": 8')
+    os.utime(old_tmp, (time.time() - 3600, time.time() - 3600))
+
+    # the first command drops the bad records (ours); TensorBoard's info files are only ever read
+    runs = ((["list"], "ignored 7 unreadable"), (["stop", "--all"], None), (["list", "--json"], "pid-7"))
+    for args, expected in runs:
+        result = tb_lazy_cli(tb_env, *args)
+        assert result.returncode == 0, result.stderr
+        no_traceback(result)
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("[warn]")]
+        assert len(warnings) == (expected is not None), result.stderr
+        assert expected is None or expected in warnings[0], result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == [fresh_tmp.name], "bad records and old .tmp files are gone"
+
+    logdir = tb_env.root / "logs"
+    watcher = tb_env.run("watch", str(logdir), "--json")
+    tb_env.watching(watcher)
+    write_scalar(logdir)
+    assert not served_line(watcher.next_line(60))["reused"]
+    assert watcher.wait() == 0
+    assert [line for line in watcher.stderr if line.startswith("[warn]")] == [watcher.stderr[0]]
+    assert not any("Traceback" in line for line in watcher.stderr)
+
+
+# 8. A port squatter that never accepts --------------------------------------------------------
+
+
+def squatter(port: int) -> tuple[socket.socket, socket.socket]:
+    """A loopback listener that never accepts, with its one-slot queue already full."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", port))
+    listener.listen(0)
+    filler = socket.socket()
+    filler.settimeout(2)
+    filler.connect(("127.0.0.1", port))
+    probe = socket.socket()
+    probe.settimeout(0.5)
+    with pytest.raises(TimeoutError):  # the queue is full: connects now hang
+        probe.connect(("127.0.0.1", port))
+    probe.close()
+    return listener, filler
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2", "::1"])
+def test_squatter_on_loopback_is_skipped(tb_env, host):
+    """TensorBoard first connects to localhost:PORT; a squatter there whose queue is full made
+    that connect hang, whatever address TensorBoard itself was to listen on."""
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    logdir = tb_env.root / "logs"
+    listener, filler = squatter(tb_env.port)
+    try:
+        watcher = tb_env.run("watch", str(logdir), "--host", host, "--json")
+        tb_env.watching(watcher)
+        write_scalar(logdir)
+        info = served_line(watcher.next_line(50))  # before the fix: nothing for 60 s, then exit 1
+        assert info["port"] != tb_env.port and not info["reused"]
+        assert watcher.wait() == 0
+    finally:
+        filler.close()
+        listener.close()
+
+
+def test_squatter_taking_the_port_after_the_check_is_left_for_the_next_port(tb_env, capsys, monkeypatch):
+    """Stand-in for the timing only: the check says the preferred port is free; a real
+    squatter whose queue is full holds it, so TensorBoard hangs in its own port check."""
+    logdir = tb_env.root / "logs"
+    real_check = tb_lazy.launch.port_is_free
+    monkeypatch.setattr(
+        tb_lazy.launch, "port_is_free", lambda host, port: port == tb_env.port or real_check(host, port)
+    )
+    listener, filler = squatter(tb_env.port)
+    try:
+        writer = threading.Timer(1.0, write_scalar, args=(logdir,))
+        writer.start()
+        assert main(["watch", str(logdir), "--json"]) == 0  # before the fix: 60 s, then exit 1
+        writer.join()
+        info = json.loads(capsys.readouterr().out)
+        assert info["port"] != tb_env.port
+        assert get_json(f"{info['url']}/data/environment")["data_location"] == str(logdir)
+    finally:
+        filler.close()
+        listener.close()
+
+
+# 9a. PIDs beyond the platform's range ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("pid", ["2147483648", str(MAX_PID + 1), "99999999999999999999999"])
+def test_exit_with_beyond_the_pid_range_is_one_line_exit_2(tb_env, pid):
+    result = tb_lazy_cli(tb_env, "watch", str(tb_env.root / "logs"), "--exit-with", pid)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and f"--exit-with='{pid}' is not a process id" in result.stderr
+    no_traceback(result)
+
+
+# 10. A newline in DIR -------------------------------------------------------------------------
+
+
+def test_newline_in_dir_keeps_the_list_table_one_row_per_tensorboard(tb_env):
+    logdir = tb_env.root / "two\nlines\tand\x1bescape"
+    watcher = tb_env.run("watch", str(logdir), "--json")
+    tb_env.watching(watcher)
+    write_scalar(logdir)
+    info = served_line(watcher.next_line(60))
+    assert info["logdir"] == str(logdir) and watcher.wait() == 0
+    result = tb_lazy_cli(tb_env, "list")
+    rows = result.stdout.splitlines()
+    assert len(rows) == 2 and rows[0].startswith("URL"), result.stdout
+    assert repr(str(logdir)) in rows[1] and str(info["pid"]) in rows[1]
+    assert json.loads(tb_lazy_cli(tb_env, "list", "--json").stdout)[0]["logdir"] == str(logdir)
+    stopped = tb_lazy_cli(tb_env, "stop", str(logdir))
+    assert stopped.returncode == 0 and len(stopped.stdout.splitlines()) == 1, stopped.stdout
