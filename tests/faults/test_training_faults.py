@@ -41,18 +41,28 @@ def child_env() -> dict[str, str]:
     return dict(os.environ, TB_AUTO="0", PYTHONPATH=path)
 
 
-def start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], env=child_env(), cwd=REPO, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+@pytest.fixture
+def start():
+    """``start(args)`` runs ``python ARGS`` in the background; whatever still runs at teardown is
+    killed by PID."""
+    procs: list[subprocess.Popen] = []
+
+    def run(args: list[str]) -> subprocess.Popen:
+        procs.append(subprocess.Popen([sys.executable, *args], env=child_env(), cwd=REPO, text=True,
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE))
+        return procs[-1]
+
+    yield run
+    for proc in procs:
+        if proc.poll() is None:       # poll() also reaps one that has ended
+            proc.kill()
+            proc.communicate()
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    """Wait for ``proc``; return its exit code, stdout and stderr."""
+    out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
 
 
@@ -88,7 +98,8 @@ def plant(path: Path, *, folder: bool, age: float = 0.0) -> Path:
 
 # ---- item 4: two runs in one --tensorboard_dir keep two event files -------------------------
 
-def test_two_trainers_started_together_in_one_tensorboard_dir_keep_all_their_scalars(tmp_path, pretrain_data):
+def test_two_trainers_started_together_in_one_tensorboard_dir_keep_all_their_scalars(tmp_path, pretrain_data,
+                                                                                     start):
     tbdir = tmp_path / "tf_dir"
     common = ["-m", "mlx_train.train", *TINY, "--data_path", str(pretrain_data), "--tensorboard_dir",
               str(tbdir), "--max_steps", "6", "--log_interval", "2", "--eval_interval", "6"]
@@ -112,7 +123,7 @@ def test_two_trainers_started_together_in_one_tensorboard_dir_keep_all_their_sca
 
 # ---- item 6: two data generators on one folder ---------------------------------------------
 
-def test_two_data_generators_on_one_fresh_folder_both_succeed_and_stale_temps_go(tmp_path, sleeper):
+def test_two_data_generators_on_one_fresh_folder_both_succeed_and_stale_temps_go(tmp_path, sleeper, start):
     out = tmp_path / "fresh" / "data"           # neither the folder nor its parent exist yet
     procs = [start(["-m", "mlx_train.data", "--out_dir", str(out)]) for _ in range(2)]
     results = [finish(p, timeout=120) for p in procs]
@@ -160,7 +171,8 @@ def kill_mid_save(proc: subprocess.Popen, out: Path, timeout: float = 180) -> Pa
     pytest.fail(f"no save caught in the middle (trainer exit code {proc.poll()})")
 
 
-def test_save_killed_midway_is_cleaned_by_the_next_run_and_resume_works(tmp_path, pretrain_data, sleeper):
+def test_save_killed_midway_is_cleaned_by_the_next_run_and_resume_works(tmp_path, pretrain_data, sleeper,
+                                                                        start):
     """The interrupted save is real (SIGKILL in the middle of one). The live concurrent writer
     is a stand-in: a real live process that isn't writing, whose PID is put into a planted
     leftover's name (two real trainers can't be made to save into one folder at a set moment)."""
@@ -168,11 +180,8 @@ def test_save_killed_midway_is_cleaned_by_the_next_run_and_resume_works(tmp_path
     common = ["-m", "mlx_train.train", *TINY, "--data_path", str(pretrain_data), "--out_dir", str(out),
               "--log_interval", "1000", "--eval_interval", "1000", "--save_interval", "1", "--keep_last", "2"]
     trainer = start([*common, "--max_steps", "500"])
-    try:
-        left = kill_mid_save(trainer, out)
-    finally:
-        finish(trainer, timeout=30)
-    assert trainer.returncode == -signal.SIGKILL
+    left = kill_mid_save(trainer, out)
+    assert finish(trainer, timeout=30)[0] == -signal.SIGKILL
     assert left.exists()
     latest = list_checkpoints(out)[-1]
     done = int(latest.name[5:])
