@@ -3,15 +3,15 @@ tokenizer files with the chat template) plus what ``--resume`` needs (optimizer.
 trainer_state.json; the MLX RNG is re-seeded from
 (seed, step) at every save and resume, so it needs no saving) and the resolved train_config.json.
 
-Saves are atomic: everything is written into a hidden temporary folder that is renamed into
-place, so an interrupted save never leaves a half checkpoint for --init_from to pick."""
+Saves are atomic: everything is written into a hidden temporary folder, ``.tmp_step_XXXXXXX_PID_TOKEN``,
+that is renamed into place, so an interrupted save never leaves a half checkpoint for --init_from
+to pick. What an interrupted save (or prune) leaves behind is removed by the next save or run once
+its writer is gone (`clean_leftovers`); a live writer's temporary is never touched."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,15 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
+from mlx_train import atomic
 from mlx_train.config import TrainConfig, save_config
 from mlx_train.tokenizer import Tok
 
-__all__ = ["CheckpointError", "find_checkpoint", "list_checkpoints", "load_config",
+__all__ = ["CheckpointError", "clean_leftovers", "find_checkpoint", "list_checkpoints", "load_config",
            "load_optimizer", "load_trainer_state", "load_weights", "save_checkpoint"]
 
 STEP_RE = re.compile(r"step_(\d{7})")
+OURS_RE = re.compile(r"step_\d{7}|tokenizer")    # what train.py writes into out_dir through a temporary
 REQUIRED = ("config.json", "model.safetensors")
 
 
@@ -60,15 +62,35 @@ def find_checkpoint(path: Path | str) -> Path:
     return found[-1]
 
 
+def clean_leftovers(out_dir: Path) -> list[Path]:
+    """Tidy what interrupted saves left in ``out_dir`` once their writer is gone: temporaries and
+    half-pruned folders are removed; a checkpoint set aside to be replaced by a re-save of its
+    step is put back if the new one never arrived. Returns the paths removed or restored."""
+    done = []
+    for leftover in atomic.find_leftovers(Path(out_dir), names=OURS_RE):
+        if not atomic.is_stale(leftover):
+            continue                      # a live writer's (or unknown): never touched
+        final = leftover.path.with_name(leftover.name)
+        if leftover.kind == "old" and not final.exists() and _is_checkpoint(leftover.path):
+            try:
+                leftover.path.rename(final)
+            except OSError:               # another run restored it first, or saved the step anew
+                continue
+        else:
+            atomic.remove(leftover.path)
+        done.append(leftover.path)
+    return done
+
+
 def save_checkpoint(out_dir: Path, *, step: int, model: nn.Module, model_cfg: dict[str, Any],
                     tok: Tok, optimizer: optim.Optimizer, trainer_state: dict[str, Any],
                     train_cfg: TrainConfig, keep_last: int) -> Path:
     """Write ``out_dir/step_{step:07d}`` atomically and prune to the last ``keep_last``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out_dir)
     final = out_dir / f"step_{step:07d}"
-    tmp = out_dir / f".tmp_{final.name}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = atomic.temp_path(final)
     tmp.mkdir()
     try:
         weights = dict(tree_flatten(model.parameters()))
@@ -80,18 +102,28 @@ def save_checkpoint(out_dir: Path, *, step: int, model: nn.Module, model_cfg: di
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         save_config(train_cfg, tmp / "train_config.json")
         if final.exists():                       # re-saving a step: swap, then drop the old one
-            old = out_dir / f".old_{final.name}_{os.getpid()}"
+            old = atomic.temp_path(final, kind="old")
             final.rename(old)
             tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
+            atomic.remove(old)
         else:
             tmp.rename(final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        atomic.remove(tmp)
         raise
     for stale in list_checkpoints(out_dir)[:-keep_last]:
-        shutil.rmtree(stale, ignore_errors=True)
+        _delete(stale)
     return final
+
+
+def _delete(folder: Path) -> None:
+    """Rename, then remove: a prune cut short leaves a hidden leftover, never a half checkpoint."""
+    doomed = atomic.temp_path(folder, kind="del")
+    try:
+        folder.rename(doomed)
+    except FileNotFoundError:             # pruned by another run meanwhile
+        return
+    atomic.remove(doomed)
 
 
 def load_config(ckpt: Path) -> dict[str, Any]:

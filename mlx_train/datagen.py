@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["FILES", "write_all"]
+from mlx_train.atomic import atomic_file, clean_leftovers
+
+__all__ = ["FILES", "clean_stale", "write_all"]
 
 FILES = {"pretrain": "pretrain.jsonl", "sft": "sft.jsonl", "dpo": "dpo.jsonl", "r1": "r1.jsonl"}
 COUNTS = {"pretrain": 3000, "sft": 2400, "dpo": 1000, "r1": 1200}
+STALE_AFTER = 600.0   # seconds: a temporary of ours untouched this long is a leftover, writer alive or not
 
 NAME = "MiniMLX"
 SYSTEM_EN = "You are MiniMLX, a small and helpful assistant."
@@ -146,21 +151,41 @@ def _pair(rng: random.Random) -> dict:
 
 
 def write_all(out_dir: Path, *, seed: int = 0, scale: float = 1.0) -> dict[str, Path]:
-    """Write pretrain.jsonl, sft.jsonl, dpo.jsonl and r1.jsonl into ``out_dir``; return the paths."""
+    """Write pretrain.jsonl, sft.jsonl, dpo.jsonl and r1.jsonl into ``out_dir``; return the paths.
+
+    Each file is written to a temporary of its own and renamed into place, so runs writing the
+    same folder at once all succeed (with the same bytes) and a reader never sees half a file.
+    Temporaries left by interrupted runs are removed first (see `clean_stale`).
+    """
     makers: dict[str, Callable[[random.Random], dict]] = {
         "pretrain": _pretrain, "sft": lambda r: _chat(r, reasoning=False), "dpo": _pair,
         "r1": lambda r: _chat(r, reasoning=True)}
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)    # a folder made meanwhile by another run is fine
+    clean_stale(out_dir)
     paths = {}
     for offset, (task, make) in enumerate(makers.items()):
         rng = random.Random(seed * 1000 + offset)
         count = max(1, round(COUNTS[task] * scale))
         path = out_dir / FILES[task]
-        tmp = path.with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
+        with atomic_file(path) as f:
             for _ in range(count):
                 f.write(json.dumps(make(rng), ensure_ascii=False) + "\n")
-        tmp.replace(path)
         paths[task] = path
     return paths
+
+
+def clean_stale(out_dir: Path) -> list[Path]:
+    """Remove temporaries of data files in ``out_dir`` whose writer is gone or that were untouched
+    for STALE_AFTER seconds (also the ``NAME.jsonl.tmp`` of earlier versions); return them."""
+    names = re.compile("|".join(re.escape(name) for name in FILES.values()))
+    removed = clean_leftovers(out_dir, names=names, max_age=STALE_AFTER)
+    for name in FILES.values():
+        legacy = out_dir / f"{name}.tmp"
+        try:
+            if time.time() - legacy.stat().st_mtime > STALE_AFTER:
+                legacy.unlink(missing_ok=True)
+                removed.append(legacy)
+        except FileNotFoundError:
+            pass
+    return removed

@@ -2,16 +2,27 @@
 
 tensorboardX creates the event file when a SummaryWriter is constructed, so the writer is
 built at the first log step: a run that fails before logging leaves no event file, and the
-tb_lazy observer (which starts TensorBoard on the first event file) sees only real runs."""
+tb_lazy observer (which starts TensorBoard on the first event file) sees only real runs.
+
+tensorboardX names event files ``events.out.tfevents.<unix seconds>.<hostname>``, so two writers
+started in the same second in one folder would write one file and lose a run's scalars. Ours
+adds ``.<pid>.<random hex>`` (`event_file_suffix`): every writer has a file of its own. (Two runs
+in one folder still show as one TensorBoard run, mixed; give each run its own folder.)"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TBLogger", "autostart_tensorboard"]
+__all__ = ["TBLogger", "autostart_tensorboard", "event_file_suffix"]
+
+
+def event_file_suffix() -> str:
+    """``.<pid>.<8 random hex>``: appended to the event file's name, unique per writer."""
+    return f".{os.getpid()}.{secrets.token_hex(4)}"
 
 
 class TBLogger:
@@ -24,7 +35,8 @@ class TBLogger:
     def _get(self) -> Any:
         if self._writer is None and self.logdir is not None:
             from tensorboardX import SummaryWriter
-            self._writer = SummaryWriter(logdir=str(self.logdir), flush_secs=30)
+            self._writer = SummaryWriter(logdir=str(self.logdir), flush_secs=30,
+                                         filename_suffix=event_file_suffix())
         return self._writer
 
     def scalars(self, step: int, values: dict[str, float]) -> None:

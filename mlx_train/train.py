@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from mlx_train import atomic
 from mlx_train.blas import reexec_with_fast_blas
 from mlx_train.checkpoint import (
     CheckpointError,
+    clean_leftovers,
     find_checkpoint,
     list_checkpoints,
     load_config,
@@ -36,7 +38,11 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT = 0, 1, 2, 130
 def prepare_tokenizer(cfg: TrainConfig, records: Sequence[dict], *, start: Path | None,
                       report=print) -> Tok:
     """The run's tokenizer: the starting checkpoint's, --tokenizer_dir, the one cached in
-    ``out_dir/tokenizer``, or a new one trained on ``records`` and cached there."""
+    ``out_dir/tokenizer``, or a new one trained on ``records`` and cached there.
+
+    The cache is written into a temporary folder and renamed into place: a run killed while
+    writing it leaves no half tokenizer, and of two runs caching at once the first one wins
+    (the other uses the winner's, as if it had been cached before)."""
     if start is not None:
         return Tok.load(start)
     if cfg.tokenizer_dir:
@@ -46,8 +52,19 @@ def prepare_tokenizer(cfg: TrainConfig, records: Sequence[dict], *, start: Path 
         report(f"[{cfg.task}] tokenizer: reusing {cached}")
         return Tok.load(cached)
     vocab = model_dims(cfg)["vocab_size"]
-    tok = train_tokenizer(tokenizer_texts(cfg.task, records, render_chat),
-                          vocab_size=vocab, out_dir=cached, max_length=cfg.seq_len)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic.temp_path(cached)
+    try:
+        tok = train_tokenizer(tokenizer_texts(cfg.task, records, render_chat),
+                              vocab_size=vocab, out_dir=tmp, max_length=cfg.seq_len)
+        tmp.rename(cached)
+    except OSError:
+        if not (cached / "tokenizer.json").is_file():
+            raise
+        report(f"[{cfg.task}] tokenizer: another run cached one first; reusing {cached}")
+        return Tok.load(cached)
+    finally:
+        atomic.remove(tmp)
     report(f"[{cfg.task}] tokenizer: trained {tok.vocab_size} tokens -> {cached}")
     return tok
 
@@ -74,6 +91,7 @@ def run(cfg: TrainConfig, *, report=print) -> Path | None:
     records = source.read_new(growing=cfg.reload_data)
     if not records:
         raise DataError(f"{cfg.data_path}: no samples")
+    clean_leftovers(Path(cfg.out_dir))        # what interrupted saves of earlier runs left
     tok = prepare_tokenizer(cfg, records, start=resume_from or init_from, report=report)
     data = make_dataset(cfg.task, tok, cfg.seq_len)
     data.extend(records)

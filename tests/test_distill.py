@@ -1,4 +1,4 @@
-"""Tests for mlx_train.distill, .teacher, .samples and .prompts.
+"""Tests for the mlx_train.distill package: cli, teacher, samples and prompts.
 
 The teacher is a stand-in HTTP server on an ephemeral 127.0.0.1 port, started and stopped by
 each test: Ollama itself can't be installed on the machines these tests run on, and the faults
@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 
 from mlx_train import distill
-from mlx_train.prompts import PromptFileError, builtin_prompts, iter_builtin_prompts, load_prompts_file
-from mlx_train.samples import SampleFile
-from mlx_train.teacher import _clean_answer
+from mlx_train.distill.prompts import PromptFileError, builtin_prompts, iter_builtin_prompts, load_prompts_file
+from mlx_train.distill.samples import SampleFile
+from mlx_train.distill.teacher import _clean_answer
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_VARS = ("OLLAMA_URL", "OLLAMA_MODEL", "TEACHER_API", "TEACHER_URL", "GEN_WORKERS",

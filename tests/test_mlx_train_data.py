@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,21 @@ def test_tblogger_creates_its_event_file_only_when_logging(tmp_path):
     logger.close()
     logger.close()
     TBLogger(None).scalars(1, {"train/loss": 1.0})         # no logdir: nothing, no error
+
+
+def test_two_tbloggers_in_one_folder_in_one_second_write_two_files(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first, second = TBLogger(tmp_path), TBLogger(tmp_path)
+    for step in (1, 2):
+        first.scalars(step, {"train/loss": 1.0})
+        second.scalars(step, {"train/loss": 2.0})
+    first.close()
+    second.close()
+    files = sorted(p for p in tmp_path.iterdir() if "tfevents" in p.name)
+    assert len(files) == 2 and all(f".{os.getpid()}." in p.name for p in files)
+    for path in files:
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        assert len({e.value for e in acc.Scalars("train/loss")}) == 1     # one run's values per file
+        assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]

@@ -11,9 +11,10 @@ answered are skipped, and generation stops once the file holds the target number
 `--until cold` stops at COLD_SAMPLES so a pipeline can start training early, then run
 `--until total` in the background while the trainer re-reads the file each epoch.
 
-Layering: `Teacher` talks HTTP (mlx_train.teacher), `SampleFile` owns the output file
-(mlx_train.samples), `generate()` runs the worker pool, `main()` resolves flags and environment
-and turns failures into one line and an exit code.
+Layering: `Teacher` talks HTTP (mlx_train.distill.teacher), `SampleFile` owns the output file
+(mlx_train.distill.samples), `generate()` runs the worker pool, `main()` resolves flags and
+environment and turns failures into one line and an exit code (`python -m mlx_train.distill`
+runs it).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlx_train.config import UsageError
-from mlx_train.prompts import PromptFileError, iter_builtin_prompts, load_prompts_file
-from mlx_train.samples import SampleFile
-from mlx_train.teacher import APIS, Teacher, TeacherError, _with_retries, teacher_hint
+from mlx_train.distill.prompts import PromptFileError, iter_builtin_prompts, load_prompts_file
+from mlx_train.distill.samples import SampleFile
+from mlx_train.distill.teacher import APIS, Teacher, TeacherError, _with_retries, teacher_hint
 
 __all__ = ["DistillConfig", "GenerateResult", "UsageError", "generate", "main", "resolve_config"]
 
@@ -469,6 +470,3 @@ def main(argv: list[str] | None = None) -> int:
         _err("[distill] interrupted")
         return EXIT_SIGINT
 
-
-if __name__ == "__main__":
-    sys.exit(main())
