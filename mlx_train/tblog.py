@@ -1,8 +1,11 @@
 """TensorBoard logging with tensorboardX, created lazily.
 
 tensorboardX creates the event file when a SummaryWriter is constructed, so the writer is
-built at the first log step: a run that fails before logging leaves no event file, and the
-tb_lazy observer (which starts TensorBoard on the first event file) sees only real runs.
+built at the first log step: a run that fails before logging leaves no event file at all.
+(tb_lazy starts TensorBoard only once a file gains data, so a header-only file would start
+nothing either.) ``flush()`` right after ``add_scalar`` can run before tensorboardX's writer
+thread has taken the scalar; with ``flush_secs=1`` that thread flushes it within a second, so
+the first scalars reach the disk — and TensorBoard comes up — without waiting for the next log step.
 
 tensorboardX names event files ``events.out.tfevents.<unix seconds>.<hostname>``, so two writers
 started in the same second in one folder would write one file and lose a run's scalars. Ours
@@ -35,7 +38,7 @@ class TBLogger:
     def _get(self) -> Any:
         if self._writer is None and self.logdir is not None:
             from tensorboardX import SummaryWriter
-            self._writer = SummaryWriter(logdir=str(self.logdir), flush_secs=30,
+            self._writer = SummaryWriter(logdir=str(self.logdir), flush_secs=1,
                                          filename_suffix=event_file_suffix())
         return self._writer
 

@@ -17,10 +17,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+from typing import BinaryIO
 
 from tb_lazy.tfrecord import Progress, is_record_start
 
 CLOCK_SLACK = 0.05  # seconds: file times are coarser than time.time() (a kernel tick)
+
+
+_HEAD = 64  # bytes: the header record, with its wall time, tells a rewritten file from the old one
 
 
 @dataclasses.dataclass
@@ -28,6 +32,7 @@ class _Seen:
     identity: tuple[int, int]  # device and inode: a file replaced under the same name starts over
     baseline: int  # bytes written before the run began
     progress: Progress
+    head: bytes = b""  # the first bytes of an old file, to notice it being rewritten in place
 
 
 class RunData:
@@ -44,7 +49,7 @@ class RunData:
                 info = os.fstat(handle.fileno())
                 if not stat.S_ISREG(info.st_mode):
                     return False
-                seen = self._track(path, info)
+                seen = self._track(path, info, handle)
                 if info.st_size <= seen.baseline:
                     return False
                 if seen.baseline and seen.progress.offset == 0:
@@ -53,18 +58,32 @@ class RunData:
         except OSError:  # gone, unreadable, a dangling link, a folder: nothing to count
             return False
 
-    def _track(self, path: str, info: os.stat_result) -> _Seen:
+    def _track(self, path: str, info: os.stat_result, handle: BinaryIO) -> _Seen:
         identity = (info.st_dev, info.st_ino)
         seen = self._seen.get(path)
-        if seen is None or seen.identity != identity or info.st_size < seen.progress.offset:
+        rewritten = seen is not None and (
+            seen.identity != identity or info.st_size < seen.progress.offset or not self._same_head(seen, handle)
+        )
+        if seen is None or rewritten:
             old = self.since is not None and info.st_mtime < self.since - CLOCK_SLACK
-            fresh = seen is not None  # replaced or truncated since we last looked: all of it is new
-            seen = _Seen(identity, info.st_size if old and not fresh else 0, Progress())
+            if old and not rewritten:  # what it holds was written before the run: the baseline
+                seen = _Seen(identity, info.st_size, Progress(), head=_read_head(handle))
+            else:  # new, or replaced or rewritten since we last looked: all of it is this run's
+                seen = _Seen(identity, 0, Progress())
             self._seen[path] = seen
         return seen
 
     @staticmethod
-    def _resume_point(handle, baseline: int, size: int) -> Progress:
+    def _same_head(seen: _Seen, handle: BinaryIO) -> bool:
+        return not seen.head or _read_head(handle)[: len(seen.head)] == seen.head
+
+    @staticmethod
+    def _resume_point(handle: BinaryIO, baseline: int, size: int) -> Progress:
         """Start reading at the baseline when a record starts there (the usual case);
         otherwise from the beginning, so records are framed correctly."""
         return Progress(baseline if is_record_start(handle, baseline, size) else 0)
+
+
+def _read_head(handle: BinaryIO) -> bytes:
+    handle.seek(0)
+    return handle.read(_HEAD)

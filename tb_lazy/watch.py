@@ -122,14 +122,9 @@ def _run_start(settings: Settings, began: float) -> float | None:
     moment after the run misses nothing), else ``began``; None with ``existing``."""
     if settings.existing:
         return None
-    if settings.exit_with is not None:
-        import psutil
-
-        try:
-            return min(began, psutil.Process(settings.exit_with).create_time())
-        except (psutil.Error, OSError):
-            pass  # already gone: the wait ends at once, after one last look
-    return began
+    if settings.exit_with is not None and (process := identify(settings.exit_with)) is not None:
+        return min(began, process.create_time)
+    return began  # (an exit_with already gone: the wait ends at once, after one last look)
 
 
 def _why_not(settings: Settings, stop: threading.Event) -> str:

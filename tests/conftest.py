@@ -69,10 +69,11 @@ def write_scalar(logdir: Path, tag: str = "train/loss", value: float = 1.5, step
     """Write one scalar with tensorboardX, as a trainer would; return the event file."""
     from tensorboardX import SummaryWriter
 
-    writer = SummaryWriter(str(logdir))
+    suffix = f".{os.getpid()}.{os.urandom(4).hex()}"  # two writers in one second never share a file
+    writer = SummaryWriter(str(logdir), filename_suffix=suffix)
     writer.add_scalar(tag, value, step)
     writer.close()
-    return next(Path(logdir).glob("*tfevents*"))
+    return next(Path(logdir).glob(f"*tfevents*{suffix}"))
 
 
 def header_only(logdir: Path) -> Path:

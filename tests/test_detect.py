@@ -83,6 +83,20 @@ def test_old_data_left_untouched_does_not_count_but_an_appended_record_does(tmp_
     assert finish(thread, result) == header
 
 
+def test_an_old_file_rewritten_in_place_counts(tmp_path):
+    """tensorboardX names files by second and host: a writer started in the same second as an
+    earlier one rewrites that file in place, same inode, maybe the same size."""
+    logdir = tmp_path / "logs"
+    old = write_scalar(logdir)
+    time.sleep(1.1)  # a later second: the header's wall time differs
+    newer = write_scalar(tmp_path / "elsewhere").read_bytes()
+    assert len(newer) == old.stat().st_size
+    thread, result = wait_in_thread(logdir, timeout=30)
+    with open(old, "r+b") as handle:
+        handle.write(newer)
+    assert finish(thread, result) == old
+
+
 def test_existing_data_counts_at_once_when_asked(tmp_path):
     event_file = write_scalar(tmp_path / "logs" / "run")
     header_only(tmp_path / "logs" / "header-only")
