@@ -18,6 +18,7 @@ from types import TracebackType
 
 from tb_lazy.config import UsageError, other_rank, parse_bool
 from tb_lazy.launch import START_TIMEOUT, Served, tensorboard_command
+from tb_lazy.messages import tunnel
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -64,7 +65,10 @@ class Board:
                 continue
             self.info = info
             if not info.get("reused") or self._announce_reuse:
-                print(Served(**info).line(), flush=True)
+                served = Served.from_json(info)
+                print(served.line(), flush=True)
+                if info.get("tunnel"):
+                    tunnel(info["tunnel"], served.port)
             self._served.set()
         self._proc.wait()
         self._served.set()

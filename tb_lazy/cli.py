@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
 
-from tb_lazy import registry
+from tb_lazy import __version__, registry
 from tb_lazy.config import DEFAULT_HOST, DEFAULT_PORT, UsageError, check_logdir
 from tb_lazy.launch import Failed, Served
-from tb_lazy.messages import note, warn
+from tb_lazy.messages import note, tunnel, warn
 from tb_lazy.watch import Skipped, watch
 
 PROG = "tb-lazy"
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     w = commands.add_parser(
@@ -91,10 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_served(served: Served, *, as_json: bool) -> None:
     if as_json:
-        fields = {k: getattr(served, k) for k in ("url", "host", "port", "pid", "logdir", "reused")}
-        print(json.dumps(fields, ensure_ascii=False), flush=True)
-    else:
-        print(served.line(), flush=True)
+        print(json.dumps(served.to_json(), ensure_ascii=False), flush=True)
+        return
+    print(served.line(), flush=True)
+    if served.tunnel:
+        tunnel(served.tunnel, served.port)
 
 
 def _run_watch(args: argparse.Namespace) -> int:
@@ -190,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped reading (`| head`, `| true`): nothing went wrong here
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except OSError as error:  # e.g. the state folder became unwritable mid-way
         where = f" ({error.filename})" if error.filename else ""
         print(f"{PROG}: error: {error.strerror or error}{where}", file=sys.stderr)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from tb_lazy.address import format_url, local_url_for, loopback_for, tunnel_hint, url_for
 from tb_lazy.process import Identity, identify, pid_alive, socket_states, stop_process
 
 __all__ = ["Failed", "Served", "answers", "pid_alive", "start_tensorboard", "stop_process", "tensorboard_command"]
@@ -42,10 +43,27 @@ class Served:
     logdir: str
     reused: bool
     log_file: str | None = None
+    local_url: str | None = None  # bound to every interface: the URL for a browser on this machine
+
+    @property
+    def tunnel(self) -> str | None:
+        """In an SSH session, the command that brings this TensorBoard to the user's machine."""
+        return tunnel_hint(self.host, self.port)
+
+    def to_json(self) -> dict:
+        """What ``--json`` prints: the line's facts, the local URL and the tunnel command as fields."""
+        fields = ("url", "local_url", "host", "port", "pid", "logdir", "reused")
+        return {**{name: getattr(self, name) for name in fields}, "tunnel": self.tunnel}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Served:
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
 
     def line(self) -> str:
         """The one line printed on stdout once TensorBoard is serving."""
-        return f"[tensorboard] {self.url} (pid={self.pid}{', reused' if self.reused else ''})"
+        local = f", local {self.local_url}" if self.local_url else ""
+        return f"[tensorboard] {self.url} (pid={self.pid}{', reused' if self.reused else ''}{local})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,27 +91,12 @@ def install_hint() -> str:
     return f"{sys.executable} -m pip install tensorboard"
 
 
-def format_url(host: str, port: int) -> str:
-    host = host.strip("[]")
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def probe_host(host: str) -> str:
-    """Where to knock to reach a TensorBoard bound to ``host`` from this machine."""
-    host = host.strip("[]")
-    if host in ("0.0.0.0", "", "*"):
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    return host
-
-
 def answers(host: str, port: int, *, logdir: Path | None = None, timeout: float = 1.0) -> bool:
     """True if a TensorBoard answers HTTP on ``host:port`` (serving ``logdir``, if given)."""
     import json
     import urllib.request  # here, not at the top: it pulls in ssl and email (~7 MB idle)
 
-    url = format_url(probe_host(host), port) + "/data/environment"
+    url = format_url(loopback_for(host), port) + "/data/environment"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             if response.status != 200:
@@ -296,7 +299,8 @@ def _wait_until_serving(
             if (states is None or "LISTEN" in states) and answers(host, port, logdir=logdir, timeout=0.5):
                 if proc.poll() is None:
                     return Served(
-                        url=format_url(host, port),
+                        url=url_for(host, port),
+                        local_url=local_url_for(host, port),
                         host=host,
                         port=port,
                         pid=proc.pid,

@@ -28,7 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tb_lazy.launch import answers, format_url
+from tb_lazy.address import local_url_for, url_for
+from tb_lazy.launch import answers
 from tb_lazy.messages import note, warn
 from tb_lazy.process import (
     Identity,
@@ -64,7 +65,11 @@ class Instance:
 
     @property
     def url(self) -> str:
-        return format_url(self.host, self.port)
+        return url_for(self.host, self.port)
+
+    @property
+    def local_url(self) -> str | None:
+        return local_url_for(self.host, self.port)
 
     @property
     def identity(self) -> Identity:
@@ -102,7 +107,7 @@ def _watchers_dir() -> Path:
 LOG_DAYS = 14  # TensorBoard log files older than this are removed, unless their TensorBoard still runs
 
 
-def new_log_file(port: int) -> Path:
+def new_log_file() -> Path:
     """A fresh path for one TensorBoard's output (old logs of ended ones are pruned)."""
     folder = state_dir() / "logs"
     in_use = {instance.log_file for instance in _own_records()}
@@ -112,7 +117,7 @@ def new_log_file(port: int) -> Path:
             if str(old) not in in_use and old.stat().st_mtime < cutoff:
                 old.unlink()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return folder / f"tensorboard-{stamp}-{os.getpid()}-{port}.log"
+    return folder / f"tensorboard-{stamp}-{os.getpid()}.log"  # no port: it may yet change
 
 
 MAX_STATE_FILE = 64 * 1024  # bytes; a record or info file larger than this is not one

@@ -28,7 +28,7 @@ from tb_lazy.launch import (
     start_tensorboard,
     tensorboard_command,
 )
-from tb_lazy.messages import warn
+from tb_lazy.messages import note, warn
 from tb_lazy.process import Identity, identify
 
 
@@ -82,9 +82,6 @@ def watch(
         port_is_free(settings.host, settings.port)
     except OSError as error:
         raise UsageError(f"TB_HOST/--host {settings.host!r} can't be listened on: {error.strerror or error}") from None
-    if is_public_host(settings.host):
-        warn(f"TensorBoard has no authentication: on {settings.host} anyone who can reach this machine can read it")
-
     def ended() -> bool:
         return stop.is_set() or (settings.exit_with is not None and not pid_alive(settings.exit_with))
 
@@ -156,6 +153,7 @@ def _reuse_or_launch(settings: Settings, since: int) -> Served | Failed:
                     logdir=instance.logdir,
                     reused=True,
                     log_file=instance.log_file,
+                    local_url=instance.local_url,
                 )
             if time.monotonic() > deadline or registry.covering_watch(settings.logdir, since=since) is None:
                 return _launch(settings)
@@ -170,7 +168,9 @@ def _launch(settings: Settings) -> Served | Failed:
     record names this watcher as its owner, so the next tb_lazy command stops a
     TensorBoard whose watcher vanished.
     """
-    log_file = registry.new_log_file(settings.port)
+    if is_public_host(settings.host):  # said by the watcher that launches, so once per TensorBoard
+        warn(f"TensorBoard has no authentication: on {settings.host} anyone who can reach this machine can read it")
+    log_file = registry.new_log_file()
     owner = None if settings.keep else identify(os.getpid())
     started = time.time()
 
@@ -190,10 +190,13 @@ def _launch(settings: Settings) -> Served | Failed:
             )
         )
 
-    return start_tensorboard(
+    outcome = start_tensorboard(
         settings.logdir, host=settings.host, port=settings.port, log_file=log_file, on_spawn=record,
         on_drop=registry.remove,
     )
+    if isinstance(outcome, Served) and outcome.port != settings.port:
+        note(f"port {settings.port} is taken; TensorBoard serves on port {outcome.port}")
+    return outcome
 
 
 def _wait_then_stop(pid: int, ended: Callable[[], bool]) -> None:
