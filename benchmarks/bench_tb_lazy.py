@@ -23,6 +23,7 @@ no TensorBoard running elsewhere is reused); every process started here is stopp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 
@@ -52,7 +54,6 @@ from tb_lazy.observe import make_observer
 REPO = Path(__file__).resolve().parent.parent
 TAG = "bench/loss"
 HOST = "127.0.0.1"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- helpers
@@ -136,42 +137,33 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return None
 
 
-def group_pids(leader: int) -> list[int]:
+def group_processes(leader: int) -> list[psutil.Process]:
     """Live processes in the process group led by ``leader`` (children started in its session)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    found = []
+    for proc in psutil.process_iter():
         try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            if os.getpgid(proc.pid) == leader and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.Error, OSError):
             continue
-        if int(fields[2]) == leader and fields[0] != "Z":
-            pids.append(int(entry))
-    return pids
+    return found
 
 
 def group_rss_mb(leader: int) -> float:
-    total_kb = 0
-    for pid in group_pids(leader):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-        except OSError:
-            continue
-    return total_kb / 1024
+    total = 0
+    for proc in group_processes(leader):
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total / 2**20
 
 
 def group_cpu_seconds(leader: int) -> float:
-    ticks = 0
-    for pid in group_pids(leader):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks / CLOCK_TICKS
+    total = 0.0
+    for proc in group_processes(leader):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 # ---------------------------------------------------------------- isolated children
@@ -459,7 +451,7 @@ def bench_idle(box: Sandbox, window: float) -> dict[str, float]:
         for k, pid in leaders.items():
             result[f"{k}_rss"] = max(rss0[k], rss1[k])
             result[f"{k}_cpu"] = 100 * (cpu1[k] - cpu0[k]) / window
-            result[f"{k}_procs"] = len(group_pids(pid))
+            result[f"{k}_procs"] = len(group_processes(pid))
         if watcher.proc.poll() is not None:
             raise RuntimeError("the idle watcher ended during the idle window")
     finally:

@@ -91,12 +91,14 @@ def install_hint() -> str:
     return f"{sys.executable} -m pip install tensorboard"
 
 
-def answers(host: str, port: int, *, logdir: Path | None = None, timeout: float = 1.0) -> bool:
+def answers(
+    host: str, port: int, *, logdir: Path | None = None, timeout: float = 1.0, path_prefix: str = ""
+) -> bool:
     """True if a TensorBoard answers HTTP on ``host:port`` (serving ``logdir``, if given)."""
     import json
     import urllib.request  # here, not at the top: it pulls in ssl and email (~7 MB idle)
 
-    url = format_url(loopback_for(host), port) + "/data/environment"
+    url = format_url(loopback_for(host), port) + path_prefix + "/data/environment"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             if response.status != 200:

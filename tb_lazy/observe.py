@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import psutil
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
@@ -34,23 +35,23 @@ class InotifyShort(Exception):
         self.reason = reason
 
 
-def file_system_type(path: Path, mounts: str | None = None) -> str | None:
-    """The type of the file system ``path`` lives on, from ``/proc/mounts`` (None if unknown)."""
+def file_system_type(path: Path, mounts: Iterable[tuple[str, str]] | None = None) -> str | None:
+    """The type of the file system ``path`` lives on (None if unknown).
+
+    ``mounts`` are (mount point, type) pairs; by default the system's, through psutil
+    (the mount table on Linux, the same facts on macOS).
+    """
     if mounts is None:
         try:
-            mounts = Path("/proc/mounts").read_text(encoding="utf-8", errors="replace")
-        except OSError:
+            mounts = [(part.mountpoint, part.fstype) for part in psutil.disk_partitions(all=True)]
+        except (OSError, RuntimeError):
             return None
     target = os.path.realpath(path)
     best, kind = "", None
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
+    for point, fstype in mounts:
         inside = target == point or target.startswith(point.rstrip("/") + "/")
         if inside and len(point) >= len(best):
-            best, kind = point, fields[2]
+            best, kind = point, fstype
     return kind
 
 

@@ -116,6 +116,14 @@ def started_no_later_than(pid: int, when: float) -> bool:
     return now is not None and now.create_time <= when + 2 * START_TIME_SLACK
 
 
+def working_folder(pid: int) -> str | None:
+    """The current folder of process ``pid`` (None if gone or not ours to look at)."""
+    try:
+        return psutil.Process(pid).cwd() or None
+    except (psutil.Error, OSError):
+        return None
+
+
 def stop_process(pid: int, *, grace: float = 5.0, identity: Identity | None = None) -> bool:
     """Stop ``pid`` and, if it leads one, its process group: SIGTERM, then SIGKILL after ``grace`` s.
 

@@ -39,6 +39,7 @@ from tb_lazy.process import (
     socket_states,
     started_no_later_than,
     stop_process,
+    working_folder,
 )
 
 
@@ -62,28 +63,35 @@ class Instance:
     cmdline: tuple[str, ...] = ()
     keep: bool = True
     owner: Identity | None = None
+    path_prefix: str = ""  # TensorBoard's --path_prefix: its pages live under this path
+    folders: tuple[str, ...] = ()  # the folders a --logdir_spec names; empty: just ``logdir``
 
     @property
     def url(self) -> str:
-        return url_for(self.host, self.port)
+        return url_for(self.host, self.port) + self.path_prefix
 
     @property
     def local_url(self) -> str | None:
-        return local_url_for(self.host, self.port)
+        local = local_url_for(self.host, self.port)
+        return None if local is None else local + self.path_prefix
 
     @property
     def identity(self) -> Identity:
         return Identity(pid=self.pid, create_time=self.create_time, cmdline=self.cmdline)
 
     def serves(self, logdir: Path) -> bool:
-        """True when this instance's log folder is ``logdir`` or one of its ancestors."""
-        mine = Path(os.path.realpath(self.logdir))
+        """True when one of this instance's log folders is ``logdir`` or one of its ancestors."""
         logdir = Path(os.path.realpath(logdir))
-        return logdir == mine or mine in logdir.parents
+        for folder in self.folders or (self.logdir,):
+            mine = Path(os.path.realpath(folder))
+            if logdir == mine or mine in logdir.parents:
+                return True
+        return False
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["cmdline"] = list(self.cmdline)
+        data["folders"] = list(self.folders)
         data["owner"] = None if self.owner is None else self.owner.to_json()
         return data
 
@@ -281,25 +289,46 @@ def _info_dir() -> Path:
     return Path(tempfile.gettempdir()) / ".tensorboard-info"
 
 
-def _parse_info(data: Any) -> tuple[int, int, str, float]:
-    """(pid, port, logdir, start_time) from TensorBoard's own info file; ValueError if malformed."""
+def _parse_info(data: Any) -> tuple[int, int, str, float, str]:
+    """(pid, port, logdir, start_time, path_prefix) from TensorBoard's own info file (the
+    fields of ``tensorboard.manager.TensorBoardInfo``); ValueError if malformed.
+
+    Read here rather than through ``manager.get_all()``, which raises on a file that
+    vanishes while it reads, or on deeply nested JSON, and reads files of any size.
+    """
     if not isinstance(data, dict):
         raise ValueError(f"expected an object, got {type(data).__name__}")
     pid = check_pid(data.get("pid"))
     port = data.get("port")
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError(f"port is not a port number: {port!r:.40}")
-    logdir = data.get("logdir")
-    if not isinstance(logdir, str):
-        raise ValueError("logdir is not a string")
-    return pid, port, logdir, check_time(data.get("start_time"), "start_time")
+    logdir, prefix = data.get("logdir"), data.get("path_prefix") or ""
+    if not isinstance(logdir, str) or not isinstance(prefix, str):
+        raise ValueError("logdir or path_prefix is not a string")
+    return pid, port, logdir, check_time(data.get("start_time"), "start_time"), prefix.rstrip("/")
+
+
+def logdir_spec_folders(spec: str, cwd: str | None) -> tuple[str, ...]:
+    """The folders named by ``--logdir`` or ``--logdir_spec name1:DIR1,DIR2,...``, made absolute
+    against ``cwd`` (TensorBoard's own rule: a ``name:`` prefix unless the item is a path or URL)."""
+    folders = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        if ":" in item and not item.startswith(("/", "~")) and "://" not in item:
+            item = item.split(":", 1)[1]
+        item = os.path.expanduser(item)
+        if not os.path.isabs(item) and cwd:
+            item = os.path.join(cwd, item)
+        folders.append(os.path.abspath(item))
+    return tuple(folders)
 
 
 def _tensorboard_infos() -> tuple[list[Instance], list[tuple[Path, str]]]:
     """TensorBoards found through their own info files (never ours to stop).
 
     An info file is trusted only while its process runs and started no later than the
-    file says it was written: a process started after that only inherited the PID.
+    file says it was written: a process started after that only inherited the PID. Its
+    ``logdir`` is as the user typed it — relative to that process's working folder, or a
+    ``--logdir_spec`` — and its ``path_prefix`` is part of its URL.
     """
     try:
         paths = sorted(_info_dir().glob("pid-*.info"))
@@ -308,7 +337,7 @@ def _tensorboard_infos() -> tuple[list[Instance], list[tuple[Path, str]]]:
     found, bad = [], []
     for path in paths:
         try:
-            pid, port, logdir, start_time = _parse_info(_load(path))
+            pid, port, logdir, start_time, prefix = _parse_info(_load(path))
         except FileNotFoundError:
             continue
         except (OSError, ValueError) as error:
@@ -316,12 +345,13 @@ def _tensorboard_infos() -> tuple[list[Instance], list[tuple[Path, str]]]:
             continue
         if not logdir or not started_no_later_than(pid, start_time):
             continue
-        if not os.path.isabs(logdir):  # relative to that process's working folder
-            with contextlib.suppress(OSError):
-                logdir = os.path.join(os.readlink(f"/proc/{pid}/cwd"), logdir)
+        folders = logdir_spec_folders(logdir, working_folder(pid))
+        if not folders:
+            continue
+        shown = folders[0] if len(folders) == 1 else logdir
         found.append(
-            Instance(pid=pid, host="127.0.0.1", port=port, logdir=os.path.abspath(logdir), started=start_time,
-                     source="tensorboard")
+            Instance(pid=pid, host="127.0.0.1", port=port, logdir=shown, started=start_time, source="tensorboard",
+                     path_prefix=prefix, folders=folders)
         )
     return found, bad
 
@@ -347,7 +377,9 @@ def find_serving(logdir: Path) -> Instance | None:
         # else while it started). One from an info file holds its port already (it wrote the
         # file once serving) and reports its folder as typed, perhaps relative: not comparable.
         expected = Path(instance.logdir) if instance.source == "tb_lazy" else None
-        if instance.serves(logdir) and _holds_port(instance) and answers(instance.host, instance.port, logdir=expected):
+        if instance.serves(logdir) and _holds_port(instance) and answers(
+            instance.host, instance.port, logdir=expected, path_prefix=instance.path_prefix
+        ):
             return instance
     return None
 

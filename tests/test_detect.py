@@ -225,17 +225,17 @@ def test_data_deep_in_a_tree_of_ten_thousand_folders_is_seen(tmp_path):
 
 def test_network_file_systems_are_recognised_from_the_mount_table():
     """The mount table is given: an NFS server can't be mounted here to test with."""
-    mounts = (
-        "/dev/vda / ext4 rw 0 0\n"
-        "server:/export /mnt/shared nfs4 rw 0 0\n"
-        "host:/data /mnt/with\\040space fuse.sshfs rw 0 0\n"
-        "tmpfs /mnt/shared/local tmpfs rw 0 0\n"
-    )
+    mounts = [("/", "ext4"), ("/mnt/shared", "nfs4"), ("/mnt/with space", "fuse.sshfs"), ("/mnt/shared/local", "tmpfs")]
     assert file_system_type(Path("/mnt/shared/runs/x"), mounts) == "nfs4"
     assert file_system_type(Path("/mnt/shared/local/x"), mounts) == "tmpfs", "the deepest mount point wins"
     assert file_system_type(Path("/mnt/sharedX"), mounts) == "ext4", "a name prefix is not a mount point"
     assert file_system_type(Path("/mnt/with space/logs"), mounts) == "fuse.sshfs"
     assert {"nfs4", "fuse.sshfs"} <= NETWORK_FILE_SYSTEMS and "ext4" not in NETWORK_FILE_SYSTEMS
+
+
+def test_the_systems_own_mount_table_is_read(tmp_path):
+    """psutil reads the real mount table: the temp folder's file system has a type, / is known."""
+    assert file_system_type(Path("/")) and file_system_type(tmp_path)
 
 
 def test_the_local_file_system_is_not_polled(tmp_path, capsys):
