@@ -152,3 +152,43 @@ def other_rank(env: Mapping[str, str] | None = None) -> str | None:
 def is_public_host(host: str) -> bool:
     """True when binding ``host`` exposes TensorBoard beyond this machine."""
     return host in {"0.0.0.0", "::", "[::]", "*"}
+
+
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]%")
+
+
+def check_environment(env: Mapping[str, str] | None = None) -> None:
+    """Check the ``TB_*`` variables once, before any work: raise UsageError naming the first bad one.
+
+    With ``TB_AUTO`` off the others are never used, so only ``TB_AUTO`` itself is checked.
+    Standard library only: the pipelines run this file with the system Python before any venv exists.
+    """
+    env = os.environ if env is None else env
+    if not auto_enabled(env):
+        return
+    host = env.get("TB_HOST", "").strip()
+    if host and not set(host) <= _HOST_CHARS:
+        raise UsageError(f"TB_HOST={env['TB_HOST']!r} is not a host name or address "
+                         "(e.g. 127.0.0.1, 0.0.0.0, ::, localhost)")
+    if env.get("TB_PORT", "").strip():
+        parse_port("TB_PORT", env["TB_PORT"])
+    if env.get("TB_KEEP", "").strip():
+        parse_bool("TB_KEEP", env["TB_KEEP"])
+
+
+def _main(argv: list[str]) -> int:
+    """``python3 -I tb_lazy/config.py [PROG]``: check the ``TB_*`` variables; one line and 2 if bad."""
+    import sys
+
+    try:
+        check_environment()
+    except UsageError as e:
+        print(f"{argv[0] if argv else 'tb-lazy'}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))
