@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from mlx_train.blas import blas_note, reexec_with_fast_blas
 from mlx_train.checkpoint import CheckpointError, find_checkpoint
 from mlx_train.config import OneLineParser
 
-__all__ = ["generate_text", "main"]
+__all__ = ["generate_text", "main", "whole_characters"]
 
 
 def generate_text(checkpoint: Path | str, prompt: str, *, chat: bool = False,
@@ -23,9 +23,8 @@ def generate_text(checkpoint: Path | str, prompt: str, *, chat: bool = False,
                   stream=None) -> str:
     """Generate a completion of ``prompt`` (a user message when ``chat``) and return it.
 
-    ``stream``, when given, receives each text piece as it is produced. Only whole characters
-    are given out: a piece ending inside a multi-byte UTF-8 character (shown as U+FFFD) is held
-    back until the next piece, and dropped if generation stops there (``max_tokens``)."""
+    ``stream``, when given, receives each text piece as it is produced; only whole characters
+    are given out (``whole_characters``)."""
     from mlx_lm import load, stream_generate
     from mlx_lm.sample_utils import make_sampler
 
@@ -34,17 +33,25 @@ def generate_text(checkpoint: Path | str, prompt: str, *, chat: bool = False,
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                                add_generation_prompt=True, tokenize=False)
     sampler = make_sampler(temp=temperature, top_p=top_p)
-    pieces, held = [], ""
-    for response in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens,
-                                    sampler=sampler):
-        text = held + response.text
+    pieces = []
+    responses = stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, sampler=sampler)
+    for piece in whole_characters(response.text for response in responses):
+        pieces.append(piece)
+        if stream is not None:
+            stream(piece)
+    return "".join(pieces)
+
+
+def whole_characters(pieces: Iterable[str]) -> Iterator[str]:
+    """``pieces`` with trailing U+FFFD held back until more text follows: a token boundary inside
+    a multi-byte UTF-8 character decodes as U+FFFD; at the end (``max_tokens`` reached) it is dropped."""
+    held = ""
+    for piece in pieces:
+        text = held + piece
         whole = text.rstrip("\ufffd")
         held = text[len(whole):]
         if whole:
-            pieces.append(whole)
-            if stream is not None:
-                stream(whole)
-    return "".join(pieces)
+            yield whole
 
 
 def main(argv: Sequence[str] | None = None) -> int:
