@@ -81,6 +81,12 @@ run_child() {
 on_signal() {
   stop_child "$CHILD_PID"
   CHILD_PID=""
+  # a signal in spawn's instant without the EXIT trap still cleans up (in the script's own
+  # shell only: a child forked by spawn that hasn't exec'd yet just exits)
+  if [[ -n "$EXIT_TRAP" && "${BASHPID:-$$}" == "$$" ]]; then
+    # shellcheck disable=SC2064  # expand EXIT_TRAP now
+    trap "$EXIT_TRAP" EXIT
+  fi
   exit "$1"
 }
 
