@@ -136,6 +136,19 @@ check_training_args() {
   done
 }
 
+# check_data_paths — a planned stage's own data file (one the script won't generate) must exist:
+# a typo in R1_DATA fails now, not after pretrain and SFT.
+check_data_paths() {
+  local stage f
+  for stage in ${PLANNED[@]+"${PLANNED[@]}"}; do
+    f=$(data_for "$stage")
+    if [[ "$f" != "$DATA_DIR"/* && ! -f "$f" ]]; then
+      err "$(printf '%s' "$stage" | tr '[:lower:]' '[:upper:]')_DATA=$f: no such file (stage $stage)"
+      exit 2
+    fi
+  done
+}
+
 # Bundled data is generated once, deterministically, when a planned stage's default path is missing.
 ensure_data() {
   local stage f
@@ -206,6 +219,7 @@ main() {
   planned_stages
   # Everything that can be checked is checked before anything costly (venv, data, training).
   tb_check_env
+  check_data_paths
   install_traps on_exit
   if ((INFER_ONLY)) || { ((${#PLANNED[@]} == 0)) && ((!SKIP_INFER)); }; then
     infer_checkpoint >/dev/null
@@ -221,10 +235,10 @@ main() {
   if [[ -n "$TF_DIR" ]] && ((${#PLANNED[@]})); then
     tb_autostart "$TF_DIR"
   fi
-  is_on "$SKIP_PRETRAIN" || stage_pretrain
-  is_on "$SKIP_SFT" || stage_sft
-  is_on "$RUN_DPO" && stage_dpo
-  is_on "$RUN_R1" && stage_r1
+  local stage
+  for stage in ${PLANNED[@]+"${PLANNED[@]}"}; do
+    "stage_$stage"
+  done
   ((SKIP_INFER)) || stage_infer
 }
 

@@ -214,6 +214,14 @@ def test_run_mlx_bad_training_argument_exits_2_before_data_generation(tmp_path):
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
 
 
+def test_run_mlx_missing_data_file_of_a_later_stage_exits_2_before_the_first(tmp_path):
+    env = pipeline_env(tmp_path, RUN_R1="1", R1_DATA=str(tmp_path / "typo.jsonl"))
+    result = run(["bash", str(RUN_MLX), "--smoke-test"], env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert lines(result.stderr) == [f"run_mlx.sh: error: R1_DATA={tmp_path / 'typo.jsonl'}: no such file (stage r1)"]
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+
+
 def fresh_clone(root: Path) -> Path:
     """The files a fresh clone has (no .venv, no data, no checkpoints) under ``root/repo``."""
     repo = root / "repo"
