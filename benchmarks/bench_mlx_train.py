@@ -16,7 +16,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from mlx_train.blas import reexec_with_fast_blas
+from mlx_train.blas import blas_note, reexec_with_fast_blas
 
 
 def bench_steps(*, steps: int, hidden: int, layers: int, vocab: int, seq_len: int,
@@ -102,7 +102,7 @@ def smoke(tmp: Path) -> float:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"smoke step failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
-        last = [line for line in proc.stdout.splitlines() if "step" in line and "loss" in line]
+        last = [line for line in proc.stderr.splitlines() if "step" in line and "loss" in line]
         if last:
             print(f"  {last[-1]}")
     return time.perf_counter() - tic
@@ -129,4 +129,5 @@ def main() -> int:
 
 if __name__ == "__main__":
     reexec_with_fast_blas([os.path.abspath(__file__), *sys.argv[1:]])
+    print(blas_note() or "[blas] (not Linux: MLX's own BLAS)")
     sys.exit(main())

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-__all__ = ["CANDIDATES", "ENV_CHOICE", "find_openblas", "loaded_blas", "reexec_with_fast_blas"]
+__all__ = ["CANDIDATES", "ENV_CHOICE", "blas_note", "find_openblas", "loaded_blas", "reexec_with_fast_blas"]
 
 ENV_CHOICE = "MLX_TRAIN_BLAS"
 _ENV_DONE = "MLX_TRAIN_BLAS_REEXEC"          # set in the re-exec'd child: never loop
@@ -67,7 +67,8 @@ def loaded_blas() -> str | None:
 
 def reexec_with_fast_blas(command: Sequence[str]) -> None:
     """Re-exec ``python *command`` (e.g. ``["-m", "mlx_train.train", *argv]``) with an optimized
-    BLAS preloaded, once; print which BLAS is used. Returns when no re-exec is needed."""
+    BLAS preloaded, once. Returns when no re-exec is needed. Silent: the caller says which BLAS
+    is used (``blas_note()``) once it computes, so a bad-input run stays one error line."""
     if not sys.platform.startswith("linux"):
         return
     env = os.environ
@@ -91,10 +92,12 @@ def reexec_with_fast_blas(command: Sequence[str]) -> None:
             env["LD_PRELOAD"] = original
         else:
             env.pop("LD_PRELOAD", None)
-    print(_status_line(), flush=True)
 
 
-def _status_line() -> str:
+def blas_note() -> str | None:
+    """``[blas] …``: which BLAS MLX's CPU matmuls use here (None off Linux: macOS uses Accelerate)."""
+    if not sys.platform.startswith("linux"):
+        return None
     lib = loaded_blas()
     if lib is not None:
         return f"[blas] OpenBLAS {lib} ({ENV_CHOICE}=reference to use mlx's reference BLAS)"

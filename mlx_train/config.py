@@ -68,7 +68,7 @@ class TrainConfig:
     accum_steps: int = _f(1, "micro-batches accumulated per optimizer step")
     epochs: int = _f(1, "passes over the data (ignored when --max_steps > 0)")
     max_steps: int = _f(0, "optimizer steps to run; 0: as many as --epochs give")
-    learning_rate: float | None = _f(None, "peak learning rate (default by task)")
+    learning_rate: float | None = _f(None, "peak learning rate")
     min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak (cosine)")
     warmup_steps: int = _f(10, "linear warm-up steps")
     weight_decay: float = _f(0.01, "AdamW weight decay")
@@ -141,8 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action="store_true", help=meta["help"])
         else:
             parser.add_argument(flag, type=_caster(f), choices=meta.get("choices"),
-                                metavar=f.name.upper(), help=meta["help"])
+                                metavar=f.name.upper(), help=meta["help"] + _default_text(f))
+    parser.add_argument("--check", action="store_true",
+                        help="validate the flags and the MLX_TRAIN_*/TB_* variables, then exit "
+                             "(0, or one error line and 2) without reading data or loading a model")
     return parser
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    """`` (default: X)`` for ``-h``; a task-dependent default is listed per task."""
+    if f.name in TASK_DEFAULTS[TASKS[0]]:
+        per_task = ", ".join(f"{task} {TASK_DEFAULTS[task][f.name]:g}" for task in TASKS)
+        return f" (default: {per_task})"
+    if f.default == "":
+        return " (required)"
+    choices = f.metadata.get("choices")
+    if choices:
+        return f" ({' | '.join(choices)}; default: {f.default})"
+    return "" if f.default is None else f" (default: {f.default})"
 
 
 def resolve_config(argv: Sequence[str] | None = None,

@@ -1,19 +1,21 @@
 """``python -m mlx_train.infer --checkpoint PATH --prompt TEXT [--chat] ...``
 
 Generation from a checkpoint (or a stage's out_dir: its latest step) with mlx-lm's KV-cached
-``stream_generate``; greedy unless --temperature > 0."""
+``stream_generate``; greedy unless --temperature > 0. stdout carries the generated text only
+(``… | head -1`` is its first line); the checkpoint and the prompt are echoed on stderr."""
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from mlx_train.blas import reexec_with_fast_blas
+from mlx_train.blas import blas_note, reexec_with_fast_blas
 from mlx_train.checkpoint import CheckpointError, find_checkpoint
 from mlx_train.config import OneLineParser
 
-__all__ = ["generate_text", "main"]
+__all__ = ["generate_text", "main", "whole_characters"]
 
 
 def generate_text(checkpoint: Path | str, prompt: str, *, chat: bool = False,
@@ -21,7 +23,8 @@ def generate_text(checkpoint: Path | str, prompt: str, *, chat: bool = False,
                   stream=None) -> str:
     """Generate a completion of ``prompt`` (a user message when ``chat``) and return it.
 
-    ``stream``, when given, receives each text piece as it is produced."""
+    ``stream``, when given, receives each text piece as it is produced; only whole characters
+    are given out (``whole_characters``)."""
     from mlx_lm import load, stream_generate
     from mlx_lm.sample_utils import make_sampler
 
@@ -31,12 +34,24 @@ def generate_text(checkpoint: Path | str, prompt: str, *, chat: bool = False,
                                                add_generation_prompt=True, tokenize=False)
     sampler = make_sampler(temp=temperature, top_p=top_p)
     pieces = []
-    for response in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens,
-                                    sampler=sampler):
-        pieces.append(response.text)
+    responses = stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, sampler=sampler)
+    for piece in whole_characters(response.text for response in responses):
+        pieces.append(piece)
         if stream is not None:
-            stream(response.text)
+            stream(piece)
     return "".join(pieces)
+
+
+def whole_characters(pieces: Iterable[str]) -> Iterator[str]:
+    """``pieces`` with trailing U+FFFD held back until more text follows: a token boundary inside
+    a multi-byte UTF-8 character decodes as U+FFFD; at the end (``max_tokens`` reached) it is dropped."""
+    held = ""
+    for piece in pieces:
+        text = held + piece
+        whole = text.rstrip("\ufffd")
+        held = text[len(whole):]
+        if whole:
+            yield whole
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,11 +73,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"--top_p={args.top_p} in (0, 1]")
     try:
         ckpt = find_checkpoint(args.checkpoint)
+        note = blas_note()
+        if note:
+            print(note, file=sys.stderr)
         print(f"[infer] {ckpt}", file=sys.stderr)
+        print(f"[infer] prompt: {args.prompt}", file=sys.stderr, flush=True)
         generate_text(ckpt, args.prompt, chat=args.chat, max_tokens=args.max_tokens,
                       temperature=args.temperature, top_p=args.top_p,
                       stream=lambda text: print(text, end="", flush=True))
-        print()
+        print(flush=True)
+    except BrokenPipeError:  # the reader had enough (`| head -1`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -73,5 +95,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    reexec_with_fast_blas(["-m", "mlx_train.infer", *sys.argv[1:]])
+    if not {"-h", "--help"} & set(sys.argv[1:]):
+        reexec_with_fast_blas(["-m", "mlx_train.infer", *sys.argv[1:]])
     sys.exit(main())

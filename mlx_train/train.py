@@ -1,8 +1,10 @@
 """``python -m mlx_train.train --task pretrain|sft|dpo|r1 --data_path FILE ...``
 
-Order of work, so that nothing half-trains on bad data: resolve the config, read and validate
-every line of the data (an error names file and line, exit 2, before any tokenizer, checkpoint
-or event file is written), then tokenizer, model and optimizer, then the training loop.
+Order of work, so that nothing half-trains on bad data: resolve the config and check the ``TB_*``
+variables (``--check`` stops here), read and validate every line of the data (an error names
+file and line, exit 2, before any tokenizer, checkpoint or event file is written), then
+tokenizer, model and optimizer, then the training loop. Progress goes to stderr: stdout is left
+to what a caller would pipe (the TensorBoard URL line).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mlx_train import atomic
-from mlx_train.blas import reexec_with_fast_blas
+from mlx_train.blas import blas_note, reexec_with_fast_blas
 from mlx_train.checkpoint import (
     CheckpointError,
     clean_leftovers,
@@ -26,17 +28,39 @@ from mlx_train.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from mlx_train.config import TrainConfig, UsageError, model_dims, resolve_config
+from mlx_train.config import TrainConfig, UsageError, build_parser, model_dims, resolve_config
 from mlx_train.data import DataError, JsonlSource, make_dataset, split_indices, tokenizer_texts
 from mlx_train.tokenizer import Tok, render_chat, train_tokenizer
 
 __all__ = ["main", "prepare_tokenizer", "run"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT = 0, 1, 2, 130
+QUICK_FLAGS = ("-h", "--help", "--check")   # no BLAS re-exec (and no [blas] line) for these
+
+
+def say(message: str) -> None:
+    """A progress line or note: stderr, so that stdout stays pipeable."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def check_tensorboard_environment(cfg: TrainConfig) -> None:
+    """Bad ``TB_*`` values fail now, as a UsageError, rather than in the watcher after training
+    has started; only checked when this run logs (``--tensorboard_dir``) and tb_lazy is installed."""
+    if cfg.tensorboard_dir is None:
+        return
+    try:
+        from tb_lazy.config import UsageError as TbUsageError
+        from tb_lazy.config import check_environment
+    except ImportError:
+        return  # no tb_lazy: nothing will be started, nothing to check
+    try:
+        check_environment()
+    except TbUsageError as e:
+        raise UsageError(str(e)) from None
 
 
 def prepare_tokenizer(cfg: TrainConfig, records: Sequence[dict], *, start: Path | None,
-                      report=print) -> Tok:
+                      report=say) -> Tok:
     """The run's tokenizer: the starting checkpoint's, --tokenizer_dir, the one cached in
     ``out_dir/tokenizer``, or a new one trained on ``records`` and cached there.
 
@@ -73,7 +97,7 @@ def _rng_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % 2**32
 
 
-def run(cfg: TrainConfig, *, report=print) -> Path | None:
+def run(cfg: TrainConfig, *, report=say) -> Path | None:
     """Run one training stage; returns the last checkpoint written."""
     # ---- where we start from ----
     resume_from = init_from = None
@@ -92,6 +116,13 @@ def run(cfg: TrainConfig, *, report=print) -> Path | None:
     if not records:
         raise DataError(f"{cfg.data_path}: no samples")
     clean_leftovers(Path(cfg.out_dir))        # what interrupted saves of earlier runs left
+    n_lines = len(split_indices(len(records))[0])
+    if n_lines < cfg.batch_size:   # said before a tokenizer is trained for nothing
+        raise DataError(f"batch_size={cfg.batch_size} but only {n_lines} training samples "
+                        f"in {cfg.data_path} ({len(records)} lines)")
+    note = blas_note()
+    if note:
+        report(note)
     tok = prepare_tokenizer(cfg, records, start=resume_from or init_from, report=report)
     data = make_dataset(cfg.task, tok, cfg.seq_len)
     data.extend(records)
@@ -184,8 +215,15 @@ def run(cfg: TrainConfig, *, report=print) -> Path | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        check_only = getattr(build_parser().parse_args(argv), "check", False)
         cfg = resolve_config(argv)
+        check_tensorboard_environment(cfg)
+        if check_only:
+            if cfg.init_from:
+                find_checkpoint(cfg.init_from)   # exists and holds a finished checkpoint
+            return EXIT_OK
         run(cfg)
     except (UsageError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -200,5 +238,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    reexec_with_fast_blas(["-m", "mlx_train.train", *sys.argv[1:]])
+    if not set(QUICK_FLAGS) & set(sys.argv[1:]):
+        reexec_with_fast_blas(["-m", "mlx_train.train", *sys.argv[1:]])
     sys.exit(main())

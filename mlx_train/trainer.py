@@ -8,6 +8,7 @@ stage it runs."""
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -147,7 +148,8 @@ def generate_sample(model: nn.Module, tok: Tok, prompt: Sequence[int], *, max_to
             if token in stop:
                 break
             out.append(token)
-    return f"{tok.decode(prompt)}{tok.decode(out)}"
+    # the last token may end inside a multi-byte character (max_tokens reached): show only whole ones
+    return tok.decode(prompt) + tok.decode(out).rstrip("\ufffd")
 
 
 def _fmt_time(seconds: float) -> str:
@@ -155,10 +157,15 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def _say(message: str) -> None:
+    """Progress goes to stderr: stdout is for what a caller pipes."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: Dataset,
         source: JsonlSource | None, tok: Tok, cfg: TrainConfig, pos: Position, log: TBLogger,
         save: Callable[[Position], Path], frozen: Sequence[Any] = (),
-        report: Callable[[str], None] = print) -> Position:
+        report: Callable[[str], None] = _say) -> Position:
     """Train until ``cfg.max_steps`` (or ``cfg.epochs``) optimizer steps are done."""
     B, accum = cfg.batch_size, cfg.accum_steps
 

@@ -46,7 +46,12 @@ TensorBoard auto-start ([tb] auto-start):
   started, as 'tensorboard --logdir \$TF_DIR' (or an already running one reused), and
   its URL printed once it answers. A run that trains nothing starts no TensorBoard.
 
-Exit status: 0 done, a failing stage's own status, 2 bad usage, 130 interrupted.
+Everything that can be checked is checked before the venv, data or training: the TB_*
+variables, the training arguments (python -m mlx_train.train --check), and for --infer-only
+a checkpoint to sample from.
+
+Exit status: 0 done, 1 no checkpoint to sample from, a failing stage's own status,
+2 bad usage (a flag, a TB_* value or a training argument), 130 interrupted.
 EOF
 }
 
@@ -102,13 +107,58 @@ settings() {
   fi
 }
 
-# Bundled data is generated once, deterministically, when a default path is missing.
+# planned_stages — the training stages this run will train, in order (none: nothing trains).
+planned_stages() {
+  PLANNED=()
+  is_on "$SKIP_PRETRAIN" || PLANNED+=(pretrain)
+  is_on "$SKIP_SFT" || PLANNED+=(sft)
+  is_on "$RUN_DPO" && PLANNED+=(dpo)
+  is_on "$RUN_R1" && PLANNED+=(r1)
+  return 0
+}
+
+# data_for STAGE — the stage's JSONL file.
+data_for() {
+  case $1 in
+    pretrain) printf '%s' "$PRETRAIN_DATA" ;;
+    sft) printf '%s' "$SFT_DATA" ;;
+    dpo) printf '%s' "$DPO_DATA" ;;
+    r1) printf '%s' "$R1_DATA" ;;
+  esac
+}
+
+# check_training_args — the training arguments (after --) and MLX_TRAIN_* variables are
+# validated by every planned stage's trainer in --check mode: a typo fails now, not after an hour.
+check_training_args() {
+  local stage
+  for stage in ${PLANNED[@]+"${PLANNED[@]}"}; do
+    "$PY" -m mlx_train.train --check --task "$stage" --data_path "$(data_for "$stage")" \
+      ${COMMON[@]+"${COMMON[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} || exit 2
+  done
+}
+
+# check_data_paths — a planned stage's own data file (one the script won't generate) must exist:
+# a typo in R1_DATA fails now, not after pretrain and SFT.
+check_data_paths() {
+  local stage f
+  for stage in ${PLANNED[@]+"${PLANNED[@]}"}; do
+    f=$(data_for "$stage")
+    if [[ "$f" != "$DATA_DIR"/* && ! -f "$f" ]]; then
+      err "$(printf '%s' "$stage" | tr '[:lower:]' '[:upper:]')_DATA=$f: no such file (stage $stage)"
+      exit 2
+    fi
+  done
+}
+
+# Bundled data is generated once, deterministically, when a planned stage's default path is missing.
 ensure_data() {
-  local f
-  for f in "$PRETRAIN_DATA" "$SFT_DATA" "$DPO_DATA" "$R1_DATA"; do
+  local stage f
+  for stage in ${PLANNED[@]+"${PLANNED[@]}"}; do
+    f=$(data_for "$stage")
     if [[ "$f" == "$DATA_DIR"/* && ! -f "$f" ]]; then
       info "generating the bundled data in $DATA_DIR"
-      run_child "$PY" -m mlx_train.data --out_dir "$DATA_DIR"
+      # its list of written files is a note, not output: stdout is for the URL and the sample
+      run_child "$PY" -m mlx_train.data --out_dir "$DATA_DIR" >&2
       return 0
     fi
   done
@@ -144,12 +194,20 @@ stage_sft() { train sft sft "$SFT_DATA" "$(previous pretrain)"; }
 stage_dpo() { train dpo dpo "$DPO_DATA" "$(previous sft pretrain)"; }
 stage_r1() { train r1 r1 "$R1_DATA" "$(previous dpo sft pretrain)"; }
 
-stage_infer() {
+# infer_checkpoint — the checkpoint the inference sample uses; exit 1 when there is none
+# (checked before any venv work when nothing trains first).
+infer_checkpoint() {
   local checkpoint=${LAST_OUT:-$(previous r1 dpo sft pretrain)}
   if [[ -z "$checkpoint" ]]; then
-    err "no checkpoint under $OUT_DIR to sample from; train a stage first"
-    return 1
+    err "no checkpoint under $OUT_DIR to sample from; train a stage first (e.g. bash pipelines/run_mlx.sh --smoke-test)"
+    exit 1
   fi
+  printf '%s' "$checkpoint"
+}
+
+stage_infer() {
+  local checkpoint
+  checkpoint=$(infer_checkpoint)
   info "inference sample from $checkpoint"
   run_child "$PY" -m mlx_train.infer --checkpoint "$checkpoint" --prompt "$INFER_PROMPT" --chat
 }
@@ -159,19 +217,29 @@ on_exit() { tb_autostart_finish; }
 main() {
   parse_args "$@"
   settings
+  planned_stages
+  # Everything that can be checked is checked before anything costly (venv, data, training).
+  tb_check_env
+  check_data_paths
   install_traps on_exit
+  if ((INFER_ONLY)) || { ((${#PLANNED[@]} == 0)) && ((!SKIP_INFER)); }; then
+    infer_checkpoint >/dev/null
+  fi
   ensure_env
   if ((INFER_ONLY)); then
     stage_infer
     return 0
   fi
+  check_training_args
   ensure_data
   # [tb] auto-start: watch $TF_DIR; TensorBoard starts when this run first writes event data.
-  [[ -n "$TF_DIR" ]] && tb_autostart "$TF_DIR"
-  is_on "$SKIP_PRETRAIN" || stage_pretrain
-  is_on "$SKIP_SFT" || stage_sft
-  is_on "$RUN_DPO" && stage_dpo
-  is_on "$RUN_R1" && stage_r1
+  if [[ -n "$TF_DIR" ]] && ((${#PLANNED[@]})); then
+    tb_autostart "$TF_DIR"
+  fi
+  local stage
+  for stage in ${PLANNED[@]+"${PLANNED[@]}"}; do
+    "stage_$stage"
+  done
   ((SKIP_INFER)) || stage_infer
 }
 

@@ -45,8 +45,11 @@ TensorBoard auto-start ([tb] auto-start): only when --tensorboard_dir DIR (or
 until this run writes event data under DIR, then starts 'tensorboard --logdir DIR' (or reuses
 one) and prints its URL. TB_HOST [127.0.0.1], TB_PORT [6006], TB_KEEP [1] as in run_mlx.sh.
 
-Exit status: 0 done, 3 teacher unreachable, a failing step's own status, 2 bad usage,
-130 interrupted.
+The TB_* variables and the training arguments (python -m mlx_train.train --check, which
+also checks INIT_FROM) are checked before the teacher is asked anything.
+
+Exit status: 0 done, 3 teacher unreachable, a failing step's own status, 2 bad usage
+(a TB_* value or a training argument), 130 interrupted.
 EOF
 }
 
@@ -108,15 +111,26 @@ generator_command() {
   return 0
 }
 
-train_student() {
-  local init args
-  init=$(student_init)
-  args=(--task sft --data_path "$DISTILL_DATA" --reload_data --out_dir "$OUT_DIR/distill")
-  [[ -n "$init" ]] && args+=(--init_from "$init")
-  info "training the student on $DISTILL_DATA${init:+ (from $init)}"
+# student_args — the student's training arguments, in STUDENT_ARGS (its start in STUDENT_INIT).
+student_args() {
+  STUDENT_INIT=$(student_init)
+  STUDENT_ARGS=(--task sft --data_path "$DISTILL_DATA" --reload_data --out_dir "$OUT_DIR/distill")
+  [[ -n "$STUDENT_INIT" ]] && STUDENT_ARGS+=(--init_from "$STUDENT_INIT")
   # ${a[@]+"${a[@]}"}: an empty array is fine under set -u in bash before 4.4 (macOS) too
-  run_child "$PY" -m mlx_train.train "${args[@]}" ${SMOKE_ARGS[@]+"${SMOKE_ARGS[@]}"} \
-    ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
+  STUDENT_ARGS+=(${SMOKE_ARGS[@]+"${SMOKE_ARGS[@]}"} ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"})
+}
+
+# check_student — the training arguments, MLX_TRAIN_* variables and INIT_FROM are validated
+# (mlx_train.train --check) before the teacher is asked anything.
+check_student() {
+  student_args
+  "$PY" -m mlx_train.train --check "${STUDENT_ARGS[@]}" || exit 2
+}
+
+train_student() {
+  student_args
+  info "training the student on $DISTILL_DATA${STUDENT_INIT:+ (from $STUDENT_INIT)}"
+  run_child "$PY" -m mlx_train.train "${STUDENT_ARGS[@]}"
 }
 
 on_exit() {
@@ -128,16 +142,18 @@ on_exit() {
 main() {
   parse_args "$@"
   settings
+  # Everything that can be checked is checked before anything costly (venv, teacher, training).
+  tb_check_env
   install_traps on_exit
   ensure_env
+  check_student
   mkdir -p "$(dirname "$DISTILL_DATA")"
   # [tb] auto-start: only when training is given --tensorboard_dir.
   tb_autostart "$(tb_logdir_from_args ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"})"
   info "asking the teacher for the first samples"
   generator_command
   run_child "${GEN_CMD[@]}" --until cold
-  "${GEN_CMD[@]}" --until total &
-  GEN_PID=$!
+  spawn GEN_PID "${GEN_CMD[@]}" --until total
   train_student
   if kill -0 "$GEN_PID" 2>/dev/null; then
     info "training finished before generation; stopping it (a re-run resumes where it stopped)"

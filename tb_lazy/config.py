@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from tb_lazy.process import MAX_PID
+# The largest PID the platform can hand out (Linux: PID_MAX_LIMIT; macOS: 99998). Here, not in
+# process.py, because this file must stay standard-library only (the pipelines run it with python3 -I).
+MAX_PID = 4_194_304 if sys.platform.startswith("linux") else 99_999 if sys.platform == "darwin" else 2**31 - 1
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6006
@@ -160,3 +163,39 @@ def other_rank(env: Mapping[str, str] | None = None) -> str | None:
 def is_public_host(host: str) -> bool:
     """True when binding ``host`` exposes TensorBoard beyond this machine."""
     return host in {"0.0.0.0", "::", "[::]", "*"}
+
+
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]%")
+
+
+def check_environment(env: Mapping[str, str] | None = None) -> None:
+    """Check the ``TB_*`` variables once, before any work: raise UsageError naming the first bad one.
+
+    With ``TB_AUTO`` off the others are never used, so only ``TB_AUTO`` itself is checked.
+    Standard library only: the pipelines run this file with the system Python before any venv exists.
+    """
+    env = os.environ if env is None else env
+    if not auto_enabled(env):
+        return
+    host = env.get("TB_HOST", "").strip()
+    if host and not set(host) <= _HOST_CHARS:
+        raise UsageError(f"TB_HOST={env['TB_HOST']!r} is not a host name or address "
+                         "(e.g. 127.0.0.1, 0.0.0.0, ::, localhost)")
+    if env.get("TB_PORT", "").strip():
+        parse_port("TB_PORT", env["TB_PORT"])
+    if env.get("TB_KEEP", "").strip():
+        parse_bool("TB_KEEP", env["TB_KEEP"])
+
+
+def _main(argv: list[str]) -> int:
+    """``python3 -I tb_lazy/config.py [PROG]``: check the ``TB_*`` variables; one line and 2 if bad."""
+    try:
+        check_environment()
+    except UsageError as e:
+        print(f"{argv[0] if argv else 'tb-lazy'}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -14,14 +14,13 @@ import dataclasses
 import math
 import os
 import signal
-import sys
 import time
 from typing import Any
 
 import psutil
 
-# The largest PID the platform can hand out (Linux: PID_MAX_LIMIT; macOS: 99998).
-MAX_PID = 4_194_304 if sys.platform.startswith("linux") else 99_999 if sys.platform == "darwin" else 2**31 - 1
+from tb_lazy.config import MAX_PID
+
 START_TIME_SLACK = 1.0  # seconds two readings of one process's start time may differ by (boot time is rounded)
 
 

@@ -27,8 +27,9 @@ def _train(tmp_path, data, blas: str) -> tuple[str, list[float]]:
          "--max_steps", "4", "--log_interval", "1", "--eval_batches", "1", "--sample_tokens", "0"],
         capture_output=True, text=True, env=env, timeout=180)
     assert proc.returncode == 0, proc.stderr
-    losses = [float(x) for x in re.findall(r"\| loss ([0-9.]+) \| lr", proc.stdout)]
-    return proc.stdout.splitlines()[0], losses
+    assert proc.stdout == "", "stdout is for what a caller pipes; [blas] and progress go to stderr"
+    losses = [float(x) for x in re.findall(r"\| loss ([0-9.]+) \| lr", proc.stderr)]
+    return proc.stderr.splitlines()[0], losses
 
 
 def test_openblas_losses_match_reference_blas(tmp_path):

@@ -93,6 +93,36 @@ def test_smoke_pipeline_prints_one_url_and_serves_every_stage(smoke):
     assert watchers_under(root) == [], "the watcher must be gone when the pipeline ends"
 
 
+def test_smoke_pipeline_stdout_is_the_url_and_the_sample_only(smoke):
+    """stdout carries what a caller would pipe; [blas], progress, data notes go to stderr, once."""
+    _, _, result = smoke
+    assert result.returncode == 0
+    out = [line for line in result.stdout.splitlines() if line.strip()]
+    assert out[0].startswith("[tensorboard] ") and len(out) >= 2, result.stdout
+    for line in out[1:]:
+        assert not line.startswith(("[", "pretrain ", "sft ")), f"a note on stdout: {line!r}"
+    err = result.stderr.splitlines()
+    blas_lines = 3 if sys.platform.startswith("linux") else 0   # pretrain, sft, infer; none on macOS
+    assert sum(line.startswith("[blas]") for line in err) == blas_lines, "once per mlx_train process"
+    assert any("[pretrain] step" in line for line in err) and any("[sft] step" in line for line in err)
+    assert sum("[infer] prompt: What is 12 + 7?" in line for line in err) == 1
+    assert "No record of process" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_infer_piped_to_head_gives_generated_text(smoke):
+    root, env, _ = smoke
+    checkpoint = root / "out" / "sft"
+    infer = f'"$PY" -m mlx_train.infer --checkpoint "{checkpoint}" --prompt "What is 12 + 7?" --chat'
+    full = subprocess.run(["bash", "-c", infer], env=env, capture_output=True, text=True, timeout=120)
+    assert full.returncode == 0, full.stderr
+    first = subprocess.run(["bash", "-c", f"set -o pipefail; {infer} | head -1"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() and first.stdout == full.stdout.splitlines(keepends=True)[0]
+    assert not first.stdout.startswith("["), first.stdout
+    assert "[infer] prompt: What is 12 + 7?" in first.stderr and "Traceback" not in first.stderr
+
+
 def test_infer_only_starts_nothing(smoke):
     root, env, _ = smoke
     before = tensorboard_pids(root)
@@ -154,10 +184,9 @@ def test_sigterm_reaches_a_long_stage_at_once(own_root):
     env = pipeline_env(own_root, TB_AUTO="0", SKIP_SFT="1")
     pipeline = Proc(["bash", str(RUN_MLX), "--smoke-test", "--", "--max_steps", "1000000"], env=env, cwd=own_root)
     try:
-        line = pipeline.next_line(timeout=300)
-        while line is not None and "step" not in line:
-            line = pipeline.next_line(timeout=300)
-        assert line is not None, f"training never started: {pipeline.stderr[-5:]}"
+        # progress is on stderr (stdout is for the URL line and generated text)
+        started = wait_for(lambda: any("step" in line for line in pipeline.stderr), timeout=300)
+        assert started, f"training never started: {pipeline.stderr[-5:]}"
         pipeline.proc.terminate()  # the script only, as `kill PID` would
         assert pipeline.wait(timeout=60) == 143
         assert [pid for pid in pids_mentioning(str(own_root)) if pid != pipeline.pid] == []

@@ -1,6 +1,7 @@
 """The pipelines carry TensorBoard auto-start, and carry it from one shared file.
 
-Runs under pytest and on its own: ``python tests/test_tensorboard_autostart.py``.
+Runs under pytest and on its own with the standard library alone:
+``python -I tests/test_tensorboard_autostart.py`` (no site-packages, no pytest).
 """
 
 from __future__ import annotations
@@ -14,6 +15,19 @@ PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 RUN_MLX = PIPELINES / "run_mlx.sh"
 DISTILL = PIPELINES / "run_mlx_distill_ollama.sh"
 SHARED = PIPELINES / "lib" / "tb_autostart.sh"
+
+
+class Skipped(Exception):
+    """A skip when run as a script without pytest (the runner below reports it as 'skip')."""
+
+
+def skip(reason: str) -> None:
+    """``pytest.skip`` under pytest; a ``Skipped`` the script runner reports, without it."""
+    try:
+        import pytest
+    except ImportError:
+        raise Skipped(reason) from None
+    pytest.skip(reason)
 
 
 def test_both_scripts_carry_auto_start_and_tb_auto():
@@ -55,9 +69,7 @@ def test_the_shared_file_spawns_the_watcher_for_the_pipeline():
 
 def test_scripts_are_shellcheck_clean():
     if shutil.which("shellcheck") is None:
-        import pytest
-
-        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+        skip("shellcheck is not installed (apt-get install shellcheck)")
     result = subprocess.run(
         ["shellcheck", "-x", str(RUN_MLX), str(DISTILL), str(SHARED), str(PIPELINES / "lib" / "common.sh")],
         capture_output=True, text=True,
@@ -66,7 +78,7 @@ def test_scripts_are_shellcheck_clean():
 
 
 if __name__ == "__main__":
-    failed = 0
+    failed = skipped = 0
     tests = [(name, fn) for name, fn in sorted(globals().items()) if name.startswith("test_")]
     for name, fn in tests:
         try:
@@ -75,11 +87,12 @@ if __name__ == "__main__":
             raise
         except BaseException as error:  # noqa: BLE001 - pytest.skip raises a BaseException
             if type(error).__name__ == "Skipped":
+                skipped += 1
                 print(f"skip {name}: {error}")
                 continue
             failed += 1
             print(f"FAIL {name}: {error!r}")
         else:
             print(f"ok   {name}")
-    print(f"{len(tests) - failed} passed, {failed} failed")
+    print(f"{len(tests) - failed - skipped} passed, {skipped} skipped, {failed} failed")
     sys.exit(1 if failed else 0)

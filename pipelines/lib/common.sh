@@ -23,11 +23,19 @@ ensure_env() {
   if [[ -x "$PY" && -f "$stamp" && "$stamp" -nt "$REPO/pyproject.toml" ]] && "$PY" -c "$probe" 2>/dev/null; then
     return 0
   fi
-  info "first run: setting up $REPO/.venv (python3 -m venv, pip install -e '.[dev]'; once)"
-  python3 -m venv "$REPO/.venv"
-  "$PY" -m pip install -q --upgrade pip
-  "$PY" -m pip install -q -e "${REPO}[dev]"
+  local started=$SECONDS
+  info "first run: creating $REPO/.venv and installing the project into it (once; a few minutes)"
+  if ! python3 -m venv "$REPO/.venv" >&2; then
+    err "could not create $REPO/.venv with python3 -m venv (Debian/Ubuntu: apt-get install python3-venv)"
+    exit 1
+  fi
+  # pip's own progress goes to stderr: stdout carries only what a caller would pipe
+  info "installing: pip (upgrade)"
+  "$PY" -m pip install --upgrade pip >&2
+  info "installing: the project and its dependencies (mlx, mlx-lm, tensorboard, tensorboardX, watchdog, psutil, tokenizers, pytest)"
+  "$PY" -m pip install -e "${REPO}[dev]" >&2
   touch "$stamp"
+  info "set up $REPO/.venv in $((SECONDS - started)) s"
 }
 
 # has_checkpoint DIR — true if DIR holds a finished step_* checkpoint.
@@ -41,13 +49,28 @@ stop_child() {
 }
 
 CHILD_PID=""
+EXIT_TRAP=""
+
+# spawn VAR CMD... — start CMD in the background and store its PID in VAR. The EXIT trap is
+# lifted around the fork: a child signalled before it has exec'd CMD would otherwise run the
+# script's EXIT trap itself (and bash then prints "wait_for: No record of process N").
+spawn() {
+  local var=$1
+  shift
+  trap - EXIT
+  "$@" &
+  printf -v "$var" '%s' "$!"
+  if [[ -n "$EXIT_TRAP" ]]; then
+    # shellcheck disable=SC2064  # expand EXIT_TRAP now
+    trap "$EXIT_TRAP" EXIT
+  fi
+}
 
 # run_child CMD... — run CMD and return its status; a signal to the script reaches it at
 # once (bash runs traps only between commands, so a foreground stage would hold it up).
 run_child() {
   local status=0
-  "$@" &
-  CHILD_PID=$!
+  spawn CHILD_PID "$@"
   wait "$CHILD_PID" || status=$?
   CHILD_PID=""
   return "$status"
@@ -58,11 +81,18 @@ run_child() {
 on_signal() {
   stop_child "$CHILD_PID"
   CHILD_PID=""
+  # a signal in spawn's instant without the EXIT trap still cleans up (in the script's own
+  # shell only: a child forked by spawn that hasn't exec'd yet just exits)
+  if [[ -n "$EXIT_TRAP" && "${BASHPID:-$$}" == "$$" ]]; then
+    # shellcheck disable=SC2064  # expand EXIT_TRAP now
+    trap "$EXIT_TRAP" EXIT
+  fi
   exit "$1"
 }
 
 # install_traps CLEANUP — run CLEANUP on exit; Ctrl-C exits 130, TERM 143.
 install_traps() {
+  EXIT_TRAP=$1
   # shellcheck disable=SC2064  # expand CLEANUP now
   trap "$1" EXIT
   trap 'on_signal 130' INT

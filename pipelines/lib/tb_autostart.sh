@@ -20,8 +20,18 @@ tb_autostart() {
   # Training stages start their own watcher too (library autostart); it finds ours and
   # reuses our TensorBoard quietly, so the URL is printed once per run.
   export TB_LAZY_QUIET_REUSE=1
-  "$PY" -m tb_lazy watch "$logdir" --exit-with "$$" &
-  TB_WATCHER_PID=$!
+  spawn TB_WATCHER_PID "$PY" -m tb_lazy watch "$logdir" --exit-with "$$"
+}
+
+# tb_check_env — bad TB_* values end the script now (one line naming the variable, exit 2),
+# before any venv work, data or training. Runs tb_lazy/config.py as a file with the system
+# python3 (standard library only; the package's __init__ needs the venv's watchdog).
+tb_check_env() {
+  local python
+  python=$(command -v python3 || true)
+  python=${python:-${PY:-}}
+  [[ -n "$python" ]] || return 0   # no interpreter yet: ensure_env says so
+  "$python" -I "$REPO/tb_lazy/config.py" "${0##*/}" || exit 2
 }
 
 # tb_autostart_finish — end the watcher: one still waiting stops at once (nothing was
