@@ -417,7 +417,7 @@ def test_cold_then_total(tmp_path, teacher_factory, monkeypatch, capsys):
 
     assert run_main("--out", str(out), "--until", "cold") == 0
     assert len(read_samples(out)) == 4                  # exactly cold, no overshoot
-    assert "ready: 4 samples" in capsys.readouterr().out
+    assert "ready: 4 samples" in capsys.readouterr().err
 
     n = len(srv.requests)
     monkeypatch.setenv("OLLAMA_URL", f"http://127.0.0.1:{closed_port()}")

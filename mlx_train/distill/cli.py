@@ -407,7 +407,7 @@ def run(cfg: DistillConfig, *, handle_signals: bool = True) -> int:
     except OSError as exc:
         raise UsageError(f"cannot read {cfg.out}: {exc.strerror or exc}") from None
     if have >= target:
-        print(f"[distill] ready: {have} samples in {cfg.out} (target {target})", flush=True)
+        print(f"[distill] ready: {have} samples in {cfg.out} (target {target})", file=sys.stderr, flush=True)
         return EXIT_OK
 
     teacher = Teacher(api=cfg.api, url=cfg.url, model=cfg.model, timeout=cfg.timeout,
@@ -453,7 +453,7 @@ def run(cfg: DistillConfig, *, handle_signals: bool = True) -> int:
     if result.reason == "exhausted":
         _err(f"[warn] prompts exhausted: {result.count} samples < target {target} in {cfg.out}")
     print(f"[distill] ready: {result.count} samples in {cfg.out} (target {target}, "
-          f"+{result.written} this run, {result.failures} failed)", flush=True)
+          f"+{result.written} this run, {result.failures} failed)", file=sys.stderr, flush=True)
     return EXIT_OK
 
 
