@@ -6,34 +6,34 @@
     print(board.url)                             # None if nothing was ever logged
 """
 
-import importlib
-
 __version__ = "0.1.0"
-# Imported on first use (PEP 562): ``import tb_lazy`` stays light, and ``python -m tb_lazy``
-# can say in one line what is missing from an interpreter without the project installed.
-_EXPORTS = {
-    "Board": "tb_lazy.autostart",
-    "autostart": "tb_lazy.autostart",
-    "UsageError": "tb_lazy.config",
-    "Failed": "tb_lazy.launch",
-    "Served": "tb_lazy.launch",
-    "Instance": "tb_lazy.registry",
-    "running": "tb_lazy.registry",
-    "stop_serving": "tb_lazy.registry",
-    "Skipped": "tb_lazy.watch",
-    "watch": "tb_lazy.watch",
-}
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Board",
+    "Failed",
+    "Instance",
+    "Served",
+    "Skipped",
+    "UsageError",
+    "autostart",
+    "running",
+    "stop_serving",
+    "watch",
+]
 
+try:
+    from tb_lazy.autostart import Board, autostart
+    from tb_lazy.config import UsageError
+    from tb_lazy.launch import Failed, Served
+    from tb_lazy.registry import Instance, running
+    from tb_lazy.registry import stop as stop_serving
+    from tb_lazy.watch import Skipped, watch
+except ModuleNotFoundError as _missing:
+    # An interpreter without the project's dependencies: ``import tb_lazy`` still works, so
+    # ``python -m tb_lazy`` can say what is missing in one line; using the library raises.
+    _MISSING: ModuleNotFoundError | None = _missing
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
+    def __getattr__(name: str):
+        if name in __all__ and _MISSING is not None:
+            raise ModuleNotFoundError(f"tb_lazy needs {_MISSING.name!r}, which this interpreter lacks",
+                                      name=_MISSING.name)
         raise AttributeError(f"module 'tb_lazy' has no attribute {name!r}")
-    module = importlib.import_module(_EXPORTS[name])
-    value = getattr(module, "stop" if name == "stop_serving" else name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])

@@ -11,7 +11,7 @@ import pytest
 from conftest import free_port, get_json, wait_for, write_scalar
 
 from tb_lazy import registry
-from tb_lazy.registry import logdir_spec_folders
+from tb_lazy.infofiles import logdir_spec_folders
 
 
 @pytest.fixture
