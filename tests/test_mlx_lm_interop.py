@@ -68,6 +68,8 @@ def test_stage_folder_is_the_latest_step_as_a_model(sft):
     assert meta["step"] == "4"
     for name in STAGE_FILES - {"model.safetensors"}:
         assert (out / name).read_bytes() == (latest / name).read_bytes(), name
+    for name in ("config.json", "tokenizer.json"):      # same bytes at step 4: left as step 2 wrote them
+        assert (out / name).stat().st_mtime_ns < (latest / name).stat().st_mtime_ns, name
     assert find_checkpoint(out) == latest          # --init_from records the step folder
 
 
