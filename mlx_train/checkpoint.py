@@ -6,12 +6,24 @@ trainer_state.json; the MLX RNG is re-seeded from
 Saves are atomic: everything is written into a hidden temporary folder, ``.tmp_step_XXXXXXX_PID_TOKEN``,
 that is renamed into place, so an interrupted save never leaves a half checkpoint for --init_from
 to pick. What an interrupted save (or prune) leaves behind is removed by the next save or run once
-its writer is gone (`clean_leftovers`); a live writer's temporary is never touched."""
+its writer is gone (`clean_leftovers`); a live writer's temporary is never touched.
+
+After each save the stage folder itself becomes the latest checkpoint as a model (`publish`):
+``out_dir/config.json``, ``model.safetensors``, the tokenizer files and train_config.json, so that
+``mlx_lm.load``/``generate``/``server``/``lora --model out_dir`` work. Optimizer and trainer state
+stay in the step folders only (mlx-lm loads ``model*.safetensors``, but they aren't the model).
+A reader never sees two steps mixed: within a run config and tokenizer are the same bytes at
+every step and are left alone; the weights file is replaced by one ``os.replace`` of a hard link
+to the step's file (no copy of the weights). When another run into the same folder brings a
+different config or tokenizer, the old weights are taken away before those are replaced, so
+they are never paired with old weights (a reader in between finds no weights: an error)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +34,19 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_train import atomic
 from mlx_train.config import TrainConfig, save_config
-from mlx_train.tokenizer import Tok
+from mlx_train.tokenizer import TOKENIZER_FILES, Tok
 
 __all__ = ["CheckpointError", "clean_leftovers", "find_checkpoint", "list_checkpoints", "load_config",
-           "load_optimizer", "load_trainer_state", "load_weights", "save_checkpoint"]
+           "load_optimizer", "load_trainer_state", "load_weights", "publish", "save_checkpoint"]
 
 STEP_RE = re.compile(r"step_(\d{7})")
-OURS_RE = re.compile(r"step_\d{7}|tokenizer")    # what train.py writes into out_dir through a temporary
 REQUIRED = ("config.json", "model.safetensors")
+WEIGHTS = "model.safetensors"
+MODEL_FILES = ("config.json", *TOKENIZER_FILES)   # what the weights must be read with
+# what the stage folder gets from the latest step, besides the weights (written before them)
+PUBLISHED = (*MODEL_FILES, "train_config.json")
+# what train.py writes into out_dir through a temporary
+OURS_RE = re.compile(r"step_\d{7}|tokenizer|" + "|".join(re.escape(n) for n in (*PUBLISHED, WEIGHTS)))
 
 
 class CheckpointError(ValueError):
@@ -50,16 +67,20 @@ def list_checkpoints(out_dir: Path) -> list[Path]:
 
 
 def find_checkpoint(path: Path | str) -> Path:
-    """``path`` itself if it is a checkpoint, else the latest step_* inside it."""
+    """The latest step_* inside ``path`` (a stage folder), else ``path`` itself if it is a model
+    folder (a step folder, a stage folder whose steps were removed, an ``mlx_lm.fuse`` output).
+
+    A stage folder resolves to its step folder, not to its own copy of that step: a run started
+    from it records a path whose weights never change."""
     path = Path(path)
+    found = list_checkpoints(path)
+    if found:
+        return found[-1]
     if _is_checkpoint(path):
         return path
-    found = list_checkpoints(path)
-    if not found:
-        what = "does not exist" if not path.exists() else "holds no checkpoint (config.json + " \
-            "model.safetensors) and no step_XXXXXXX folder with one"
-        raise CheckpointError(f"{path} {what}")
-    return found[-1]
+    what = "does not exist" if not path.exists() else "holds no checkpoint (config.json + " \
+        "model.safetensors) and no step_XXXXXXX folder with one"
+    raise CheckpointError(f"{path} {what}")
 
 
 def clean_leftovers(out_dir: Path) -> list[Path]:
@@ -94,7 +115,7 @@ def save_checkpoint(out_dir: Path, *, step: int, model: nn.Module, model_cfg: di
     tmp.mkdir()
     try:
         weights = dict(tree_flatten(model.parameters()))
-        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+        mx.save_safetensors(str(tmp / WEIGHTS), weights, metadata={"format": "mlx", "step": str(step)})
         (tmp / "config.json").write_text(json.dumps(model_cfg, indent=2) + "\n", encoding="utf-8")
         tok.save(tmp, max_length=model_cfg.get("max_position_embeddings", 2048))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
@@ -111,13 +132,52 @@ def save_checkpoint(out_dir: Path, *, step: int, model: nn.Module, model_cfg: di
     except BaseException:
         atomic.remove(tmp)
         raise
+    publish(final, out_dir)
     for stale in list_checkpoints(out_dir)[:-keep_last]:
         _delete(stale)
     return final
 
 
+def publish(ckpt: Path, out_dir: Path) -> None:
+    """Make ``out_dir`` itself a model folder holding checkpoint ``ckpt`` (see the module docstring).
+
+    Files already equal to the step's are not touched; the weights are swapped in last, as one
+    hard link (a copy where the file system has none) put in place by ``os.replace``."""
+    changed = [name for name in PUBLISHED
+               if (ckpt / name).is_file() and not _same_bytes(ckpt / name, out_dir / name)]
+    weights = out_dir / WEIGHTS
+    if set(changed) & set(MODEL_FILES):  # another model: its files must never meet these weights
+        _delete(weights)
+    for name in changed:
+        tmp = atomic.temp_path(out_dir / name)
+        try:
+            shutil.copyfile(ckpt / name, tmp)
+            os.replace(tmp, out_dir / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    tmp = atomic.temp_path(weights)
+    try:
+        try:
+            os.link(ckpt / WEIGHTS, tmp)
+        except OSError:                  # no hard links here (some network/FAT file systems)
+            shutil.copyfile(ckpt / WEIGHTS, tmp)
+        os.replace(tmp, weights)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except FileNotFoundError:
+        return False
+
+
 def _delete(folder: Path) -> None:
-    """Rename, then remove: a prune cut short leaves a hidden leftover, never a half checkpoint."""
+    """Rename, then remove: a prune cut short leaves a hidden leftover, never a half checkpoint
+    (works for a file too)."""
     doomed = atomic.temp_path(folder, kind="del")
     try:
         folder.rename(doomed)

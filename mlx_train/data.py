@@ -1,9 +1,11 @@
-"""JSONL training data: validation (errors name file and line), token datasets per task, and
-the bundled-data command ``python -m mlx_train.data --out_dir DIR``.
+"""JSONL training data: reading (errors name file and line), token datasets per task, and the
+commands ``python -m mlx_train.data --out_dir DIR`` (the bundled data set) and
+``python -m mlx_train.data export --task T --data_path FILE --out_dir DIR`` (as mlx-lm's data).
 
-Formats (MiniMind style), one JSON object per line:
+Formats, one JSON object per line (`mlx_train.formats` has the details):
     pretrain  {"text": "..."}
-    sft       {"conversations": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+    sft       {"conversations": [messages]} (MiniMind), {"messages": [messages], "tools": [...]}
+              or {"prompt": "...", "completion": "..."} (mlx-lm)
     r1        like sft; every assistant turn is "<think>...</think><answer>...</answer>"
     dpo       {"chosen": [messages], "rejected": [messages]}   (both end with an assistant turn)
 
@@ -15,21 +17,19 @@ complete lines added since the previous read.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from mlx_train.formats import PARSERS
 from mlx_train.tokenizer import Tok
 
 __all__ = ["ChatData", "DataError", "Dataset", "JsonlSource", "PackedText", "PairData",
            "main", "make_dataset", "split_indices", "tokenizer_texts"]
 
-ROLES = ("system", "user", "assistant")
-R1_REPLY = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL)
 R1_TAG_WEIGHT = 10.0   # R1 stresses the reasoning tags in its loss (as MiniMind does)
 PAD_MULTIPLE = 32      # chat rows are padded to a multiple of this: few distinct shapes to compile
 VAL_EVERY = 20         # every 20th sample is held out for evaluation
@@ -37,57 +37,6 @@ VAL_EVERY = 20         # every 20th sample is held out for evaluation
 
 class DataError(ValueError):
     """Malformed or insufficient data; the message names the file and line."""
-
-
-# ---------------------------------------------------------------------------------------------
-# validation: one function per format, each returns the record or raises ValueError(reason)
-
-def _messages(value: Any, key: str, *, r1: bool = False) -> list[dict]:
-    if not isinstance(value, list) or not value:
-        raise ValueError(f'"{key}" must be a non-empty list of messages, got {type(value).__name__}')
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
-            raise ValueError(f'"{key}"[{i}] must be {{"role": one of {"/".join(ROLES)}, '
-                             f'"content": str}}, got {json.dumps(m, ensure_ascii=False)[:80]}')
-        if r1 and m["role"] == "assistant" and not R1_REPLY.fullmatch(m["content"]):
-            raise ValueError(f'"{key}"[{i}] assistant content must be '
-                             f'"<think>...</think><answer>...</answer>", got {m["content"][:60]!r}')
-    if not any(m["role"] == "assistant" for m in value):
-        raise ValueError(f'"{key}" has no assistant message')
-    return [{"role": m["role"], "content": m["content"]} for m in value]
-
-
-def parse_pretrain(obj: Any) -> dict:
-    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"]:
-        raise ValueError(f'expected {{"text": non-empty string}}, got {_describe(obj)}')
-    return {"text": obj["text"]}
-
-
-def parse_sft(obj: Any, *, r1: bool = False) -> dict:
-    if not isinstance(obj, dict) or "conversations" not in obj:
-        raise ValueError(f'expected {{"conversations": [...]}}, got {_describe(obj)}')
-    return {"conversations": _messages(obj["conversations"], "conversations", r1=r1)}
-
-
-def parse_dpo(obj: Any) -> dict:
-    if not isinstance(obj, dict) or "chosen" not in obj or "rejected" not in obj:
-        raise ValueError(f'expected {{"chosen": [...], "rejected": [...]}}, got {_describe(obj)}')
-    pair = {k: _messages(obj[k], k) for k in ("chosen", "rejected")}
-    for k, msgs in pair.items():
-        if msgs[-1]["role"] != "assistant":
-            raise ValueError(f'"{k}" must end with an assistant message')
-    return pair
-
-
-PARSERS: dict[str, Callable[[Any], dict]] = {
-    "pretrain": parse_pretrain, "sft": parse_sft, "dpo": parse_dpo,
-    "r1": lambda obj: parse_sft(obj, r1=True)}
-
-
-def _describe(obj: Any) -> str:
-    if isinstance(obj, dict):
-        return f"an object with keys {sorted(obj)[:6]}"
-    return f"a JSON {type(obj).__name__}"
 
 
 class JsonlSource:
@@ -147,7 +96,7 @@ def tokenizer_texts(task: str, records: Sequence[dict], render: Callable) -> lis
         return [r["text"] for r in records]
     if task == "dpo":
         return [render(r[k]) for r in records for k in ("chosen", "rejected")]
-    return [render(r["conversations"]) for r in records]
+    return [render(r["conversations"], tools=r.get("tools")) for r in records]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +163,8 @@ class ChatData:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _row(self, messages: list[dict]) -> tuple[list[int], list[float]] | None:
-        ids, mask = self.tok.encode_chat(messages)
+    def _row(self, messages: list[dict], tools: list[dict] | None = None) -> tuple[list[int], list[float]] | None:
+        ids, mask = self.tok.encode_chat(messages, tools=tools)
         ids, mask = ids[:self.seq_len + 1], mask[:self.seq_len + 1]
         if not any(mask[1:]):
             return None
@@ -225,13 +174,13 @@ class ChatData:
 
     def extend(self, records: Sequence[dict]) -> None:
         for r in records:
-            messages = r["conversations"]
+            messages, tools = r["conversations"], r.get("tools")
             if self.example_prompt is None:
                 last_user = max(i for i, m in enumerate(messages) if m["role"] == "user") \
                     if any(m["role"] == "user" for m in messages) else 0
-                self.example_prompt = self.tok.encode(
-                    self.tok.render_chat(messages[:last_user + 1], add_generation_prompt=True))
-            row = self._row(messages)
+                self.example_prompt = self.tok.encode(self.tok.render_chat(
+                    messages[:last_user + 1], add_generation_prompt=True, tools=tools))
+            row = self._row(messages, tools)
             if row is None:
                 self.dropped += 1
             else:
@@ -286,16 +235,23 @@ def split_indices(n: int) -> tuple[list[int], list[int]]:
 
 # ---------------------------------------------------------------------------------------------
 # python -m mlx_train.data --out_dir DIR
+# python -m mlx_train.data export --task T --data_path FILE --out_dir DIR
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Write the bundled bilingual data set (pretrain/sft/dpo/r1 JSONL) into --out_dir."""
+    """Write the bundled bilingual data set (pretrain/sft/dpo/r1 JSONL) into --out_dir, or with
+    ``export`` first, a task's data file as mlx-lm's train.jsonl/valid.jsonl."""
     from mlx_train.config import OneLineParser
     from mlx_train.datagen import write_all
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     parser = OneLineParser(
         prog="python -m mlx_train.data",
         description="Write deterministic offline training data: pretrain.jsonl, sft.jsonl, "
-                    "dpo.jsonl and r1.jsonl.")
+                    "dpo.jsonl and r1.jsonl.",
+        epilog="python -m mlx_train.data export -h: write a task's data as mlx-lm's "
+               "train.jsonl/valid.jsonl.")
     parser.add_argument("--out_dir", required=True, help="folder to write the JSONL files into")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     parser.add_argument("--scale", type=float, default=1.0,
@@ -311,6 +267,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     for task, path in paths.items():
         lines = sum(1 for _ in path.open(encoding="utf-8"))
         print(f"{task:9s} {path}  ({lines} lines, {path.stat().st_size / 1024:.0f} KB)")
+    return 0
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """``export``: read and validate a task's data file, write it as mlx-lm's train/valid JSONL."""
+    from mlx_train.config import OneLineParser
+    from mlx_train.formats import export
+
+    parser = OneLineParser(
+        prog="python -m mlx_train.data export",
+        description="Write a task's JSONL data (any format mlx_train reads) as mlx-lm's "
+                    "train.jsonl and valid.jsonl (every 20th row held out), for mlx_lm.lora --data DIR.")
+    parser.add_argument("--task", required=True, choices=sorted(PARSERS),
+                        help="how to read --data_path (dpo: the chosen conversations are exported)")
+    parser.add_argument("--data_path", required=True, help="JSONL file to read")
+    parser.add_argument("--out_dir", required=True, help="folder for train.jsonl and valid.jsonl")
+    args = parser.parse_args(argv)
+    try:
+        records = JsonlSource(Path(args.data_path), args.task).read_new()
+        if not records:
+            raise DataError(f"{args.data_path}: no samples")
+        paths = export(args.task, records, Path(args.out_dir))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write {args.out_dir}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    for name, path in paths.items():
+        lines = sum(1 for _ in path.open(encoding="utf-8"))
+        print(f"{name:6s} {path}  ({lines} lines)")
     return 0
 
 

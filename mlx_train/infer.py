@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m mlx_train.infer",
                            description="Generate text from an mlx_train checkpoint.")
     parser.add_argument("--checkpoint", required=True,
-                        help="a step_XXXXXXX folder, or a stage's out_dir (its latest step)")
+                        help="a step_XXXXXXX folder, a stage's out_dir (its latest step) or any "
+                             "mlx-lm model folder (e.g. an mlx_lm fuse output)")
     parser.add_argument("--prompt", required=True, help="prompt text (a user message with --chat)")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     parser.add_argument("--max_tokens", type=int, default=128, help="tokens to generate (128)")

@@ -15,7 +15,7 @@ from pathlib import Path
 import jinja2
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "TAG_TOKENS", "TOKENIZER_FILES", "Tok",
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "TAG_TOKENS", "TOKENIZER_FILES", "Tok", "chat_turns",
            "render_chat", "train_tokenizer"]
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -24,20 +24,74 @@ SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
 TAG_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
+TOOLS_INTRO = ("# Tools\n\nYou may call one or more functions. Their signatures, one per line:\n<tools>")
+TOOLS_OUTRO = ("\n</tools>\n\nTo call one, reply with <tool_call>\n"
+               '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+
+# ChatML. With ``tools`` (mlx-lm passes a row's "tools" through apply_chat_template), their JSON
+# signatures are listed in the system turn (after the row's own system message, if any), and an
+# assistant turn's "tool_calls" follow its content as <tool_call>{"name", "arguments"}</tool_call>
+# (Qwen2.5/Hermes style, which mlx_lm.server parses back into OpenAI tool calls); "tool" turns
+# carry tool results. Rows without tools render exactly as plain ChatML. `chat_turns` is the same
+# rule in Python (for the loss mask); the tests hold the two together.
 CHAT_TEMPLATE = (
+    "{%- if tools -%}"
+    "{{ '<|im_start|>system\n' }}"
+    "{%- if messages[0]['role'] == 'system' -%}{{ messages[0]['content'] + '\n\n' }}{%- endif -%}"
+    "{{ " + repr(TOOLS_INTRO) + " }}"
+    "{%- for tool in tools -%}{{ '\n' + (tool | tojson) }}{%- endfor -%}"
+    "{{ " + repr(TOOLS_OUTRO) + " + '<|im_end|>' + '\n' }}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{%- if not (tools and loop.first and message['role'] == 'system') -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') }}"
+    "{%- if message.tool_calls -%}{%- for tool_call in message.tool_calls -%}"
+    "{%- if tool_call.function is defined -%}{%- set tool_call = tool_call.function -%}{%- endif -%}"
+    "{{ ('\n' if (message['content'] or not loop.first) else '') + '<tool_call>\n{\"name\": \"' "
+    "+ tool_call.name + '\", \"arguments\": ' + (tool_call.arguments | tojson) + '}\n</tool_call>' }}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>' + '\n' }}"
+    "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
 )
 
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+    """transformers' ``tojson`` for chat templates (Jinja's own escapes HTML and sorts keys)."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
 # Same settings as transformers' apply_chat_template, so both render identical text.
-_TEMPLATE = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(CHAT_TEMPLATE)
+_ENV = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+_ENV.filters["tojson"] = _tojson
+_TEMPLATE = _ENV.from_string(CHAT_TEMPLATE)
 
 
-def render_chat(messages: Sequence[dict], *, add_generation_prompt: bool = False) -> str:
+def render_chat(messages: Sequence[dict], *, add_generation_prompt: bool = False,
+                tools: Sequence[dict] | None = None) -> str:
     """The chat template applied to ``messages`` (what mlx_lm's apply_chat_template gives)."""
-    return _TEMPLATE.render(messages=messages, add_generation_prompt=add_generation_prompt)
+    return _TEMPLATE.render(messages=messages, tools=tools or None,
+                            add_generation_prompt=add_generation_prompt)
+
+
+def chat_turns(messages: Sequence[dict], *, tools: Sequence[dict] | None = None) -> list[tuple[str, str]]:
+    """(role, text) of each turn the template renders: ``<|im_start|>role\ntext<|im_end|>\n``."""
+    turns = []
+    messages = list(messages)
+    if tools:
+        system = messages.pop(0)["content"] + "\n\n" if messages and messages[0]["role"] == "system" else ""
+        listed = "".join("\n" + _tojson(tool) for tool in tools)
+        turns.append(("system", system + TOOLS_INTRO + listed + TOOLS_OUTRO))
+    for message in messages:
+        text = message.get("content") or ""
+        for i, call in enumerate(message.get("tool_calls") or []):
+            call = call.get("function", call)
+            text += ("\n" if text or i else "") + '<tool_call>\n{"name": "' + call["name"] + \
+                '", "arguments": ' + _tojson(call["arguments"]) + "}\n</tool_call>"
+        turns.append((message["role"], text))
+    return turns
 
 
 def train_tokenizer(texts: Iterable[str], *, vocab_size: int, out_dir: Path,
@@ -123,23 +177,26 @@ class Tok:
         """Text of ``ids``."""
         return self.tok.decode(list(ids), skip_special_tokens=skip_special)
 
-    def render_chat(self, messages: Sequence[dict], *, add_generation_prompt: bool = False) -> str:
+    def render_chat(self, messages: Sequence[dict], *, add_generation_prompt: bool = False,
+                    tools: Sequence[dict] | None = None) -> str:
         """The chat template applied to ``messages``."""
-        return render_chat(messages, add_generation_prompt=add_generation_prompt)
+        return render_chat(messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
-    def encode_chat(self, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
+    def encode_chat(self, messages: Sequence[dict], *,
+                    tools: Sequence[dict] | None = None) -> tuple[list[int], list[int]]:
         """Token ids of the rendered chat and a 0/1 mask marking assistant tokens.
 
-        The mask covers each assistant turn's content and its closing <|im_end|>: what the
-        model must learn to produce. Role headers, user and system turns are 0.
+        The mask covers each assistant turn's content (its tool calls included) and its closing
+        <|im_end|>: what the model must learn to produce. Role headers, user, system and tool
+        turns (and the tool list) are 0.
         """
         ids: list[int] = []
         mask: list[int] = []
-        for message in messages:
-            head = self.encode(f"{IM_START}{message['role']}\n")
-            body = self.encode(message["content"]) + [self.eos_id]
+        for role, text in chat_turns(messages, tools=tools):
+            head = self.encode(f"{IM_START}{role}\n")
+            body = self.encode(text) + [self.eos_id]
             tail = self.encode("\n")
-            learn = 1 if message["role"] == "assistant" else 0
+            learn = 1 if role == "assistant" else 0
             ids += head + body + tail
             mask += [0] * len(head) + [learn] * len(body) + [0] * len(tail)
         return ids, mask
