@@ -10,17 +10,30 @@ the first scalars reach the disk — and TensorBoard comes up — without waitin
 tensorboardX names event files ``events.out.tfevents.<unix seconds>.<hostname>``, so two writers
 started in the same second in one folder would write one file and lose a run's scalars. Ours
 adds ``.<pid>.<random hex>`` (`event_file_suffix`): every writer has a file of its own. (Two runs
-in one folder still show as one TensorBoard run, mixed; give each run its own folder.)"""
+in one folder still show as one TensorBoard run, mixed; give each run its own folder.)
+
+`TBLogger.describe` adds the run's configuration: as text (tag ``config``) and in the HPARAMS tab.
+The hparams summaries go into the run's own event file, not into the separate sub-run that
+tensorboardX's ``add_hparams`` writes: TensorBoard takes a session's metric values from the scalars
+of the run that holds its session-start record, so the HPARAMS table shows this run with the last
+value of its own ``eval/loss``. Each run writes its own experiment record and TensorBoard reads the
+first one it finds, and with it each column's type: every run of ours has the same keys, each
+always of one type (None is written as "", so a field that may be None must otherwise be a string).
+There is no "aborted" status: a run ended by an error or Ctrl-C is marked failed."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TBLogger", "autostart_tensorboard", "event_file_suffix"]
+__all__ = ["HParam", "TBLogger", "autostart_tensorboard", "event_file_suffix", "flatten"]
+
+HParam = str | int | float | bool
 
 
 def event_file_suffix() -> str:
@@ -28,23 +41,68 @@ def event_file_suffix() -> str:
     return f".{os.getpid()}.{secrets.token_hex(4)}"
 
 
+def flatten(config: Mapping[str, Any], *, prefix: str = "") -> dict[str, HParam]:
+    """``config`` as HPARAMS values: nested mappings become ``outer.inner`` keys, None becomes ""
+    (every run then has every column), lists and tuples JSON, anything else not a number, bool or
+    string its ``str()``."""
+    flat: dict[str, HParam] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        elif value is None:
+            flat[name] = ""
+        elif isinstance(value, (str, int, float, bool)):
+            flat[name] = value
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value, ensure_ascii=False)
+        else:
+            flat[name] = str(value)
+    return flat
+
+
 class TBLogger:
-    """Scalars and text into ``logdir`` (nothing at all when ``logdir`` is None)."""
+    """Scalars, text and the run's configuration into ``logdir`` (nothing at all when ``logdir``
+    is None)."""
 
     def __init__(self, logdir: str | Path | None):
         self.logdir = None if logdir is None else Path(logdir)
         self._writer: Any = None
+        self._description: tuple[Mapping[str, Any], tuple[str, ...]] | None = None
+        self._session_open = False
+        self._last_step = 0
 
-    def _get(self) -> Any:
+    def describe(self, config: Mapping[str, Any], *, metrics: Sequence[str] = ("eval/loss",)) -> None:
+        """The run's configuration: written with the first log step as text (tag ``config``, a JSON
+        block) and as HPARAMS (``flatten(config)``), with ``metrics`` — scalar tags this run logs —
+        as the values the HPARAMS tab compares runs by (the last value of each)."""
+        self._description = (dict(config), tuple(metrics))
+
+    def _get(self, step: int) -> Any:
         if self._writer is None and self.logdir is not None:
             from tensorboardX import SummaryWriter
             self._writer = SummaryWriter(logdir=str(self.logdir), flush_secs=1,
                                          filename_suffix=event_file_suffix())
+            if self._description is not None:
+                self._write_description(step)
+        self._last_step = max(self._last_step, step)
         return self._writer
+
+    def _write_description(self, step: int) -> None:
+        from tensorboardX.summary import hparams
+
+        config, metrics = self._description
+        text = json.dumps(config, indent=2, ensure_ascii=False, default=str)
+        self._writer.add_text("config", f"```json\n{text}\n```", step)     # verbatim in markdown
+        experiment, session_start, _ = hparams(flatten(config), dict.fromkeys(metrics, 0.0))
+        file_writer = self._writer._get_file_writer()
+        file_writer.add_summary(experiment, step)
+        file_writer.add_summary(session_start, step)
+        self._session_open = True
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """Log ``values`` (tag -> number) at ``step`` and flush."""
-        writer = self._get()
+        writer = self._get(step)
         if writer is None:
             return
         for tag, value in values.items():
@@ -53,22 +111,40 @@ class TBLogger:
 
     def text(self, tag: str, text: str, step: int) -> None:
         """Log a text sample at ``step``."""
-        writer = self._get()
+        writer = self._get(step)
         if writer is not None:
             writer.add_text(tag, text, step)
             writer.flush()
 
-    def close(self) -> None:
-        """Flush and close the writer; safe to call twice."""
+    def close(self, *, status: str = "STATUS_SUCCESS") -> None:
+        """End the HPARAMS session with ``status`` (an hparams ``Status`` name), flush and close
+        the writer; safe to call twice."""
         if self._writer is not None:
+            if self._session_open:
+                self._writer._get_file_writer().add_summary(_session_end(status), self._last_step)
+                self._session_open = False
             self._writer.close()
             self._writer = None
 
     def __enter__(self) -> "TBLogger":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        # an error or Ctrl-C: failed (the hparams plugin has no "aborted"; HPARAMS filters by status)
+        self.close(status="STATUS_SUCCESS" if kind is None else "STATUS_FAILURE")
+
+
+def _session_end(status: str) -> Any:
+    """The hparams session-end summary with ``status`` (tensorboardX's ``hparams`` only writes
+    success)."""
+    from tensorboardX.proto.api_pb2 import Status
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo
+    from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+
+    content = HParamsPluginData(session_end_info=SessionEndInfo(status=Status.Value(status)), version=0)
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+        plugin_name="hparams", content=content.SerializeToString()))
+    return Summary(value=[Summary.Value(tag="_hparams_/session_end_info", metadata=metadata)])
 
 
 def autostart_tensorboard(logdir: str | Path | None) -> Any:

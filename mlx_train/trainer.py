@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
-from mlx_train.config import TrainConfig
+from mlx_train.config import PRESETS, TrainConfig
 from mlx_train.data import DataError, Dataset, JsonlSource, split_indices
 from mlx_train.stages import LossFn
 from mlx_train.tblog import TBLogger
@@ -152,6 +152,33 @@ def generate_sample(model: nn.Module, tok: Tok, prompt: Sequence[int], *, max_to
     return tok.decode(prompt) + tok.decode(out).rstrip("\ufffd")
 
 
+def _run_description(cfg: TrainConfig, model: nn.Module) -> dict[str, Any]:
+    """The resolved config, with the model's actual sizes in place of the preset overrides
+    (which are None unless given, and with --init_from the checkpoint's sizes count): what
+    TensorBoard shows as ``config`` and in HPARAMS."""
+    from mlx_train.model import count_params
+
+    args = getattr(model, "args", None)
+    sizes = {k: getattr(args, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                           "num_key_value_heads", "intermediate_size", "vocab_size")
+             if hasattr(args, k)}
+    overrides = PRESETS[cfg.preset]
+    resolved = {k: v for k, v in asdict(cfg).items() if k not in overrides}
+    return {**resolved, "model": {**sizes, "params": count_params(model)}}
+
+
+def _epoch_progress(pos: Position, batch_size: int) -> float:
+    """Epochs done, with the fraction of the current one (1.5: half-way through the second)."""
+    n_batches = len(split_indices(pos.epoch_samples)[0]) // batch_size
+    return pos.epoch + pos.batch / max(n_batches, 1)
+
+
+def _peak_memory_gb() -> float:
+    """MLX's peak memory so far, in GB (1e9 bytes, as mlx-lm prints it)."""
+    get_peak = getattr(mx, "get_peak_memory", None) or mx.metal.get_peak_memory   # MLX < 0.24: mx.metal
+    return get_peak() / 1e9
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -190,6 +217,8 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
 
     win_loss, win_metrics, win_micro, win_tokens = mx.array(0.0), {}, 0, 0
     win_start = time.perf_counter()
+    tokens_seen = 0            # by this process (a resumed run counts from its restart)
+    log.describe(_run_description(cfg, model), metrics=("eval/loss",))
     epoch_before = pos.epoch
     model.train()
     while pos.step < total:
@@ -213,12 +242,16 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
         # ---- log ----
         if pos.step % cfg.log_interval == 0 or last:
             elapsed = time.perf_counter() - win_start
+            steps_in_window = win_micro / accum
+            tokens_seen += win_tokens
             values = {"train/loss": win_loss.item() / win_micro, "train/lr": lr,
                       "train/grad_norm": grad_norm.item(),
-                      "train/tokens_per_sec": win_tokens / max(elapsed, 1e-9)}
+                      "train/tokens_per_sec": win_tokens / max(elapsed, 1e-9),
+                      "train/step_time": elapsed / max(steps_in_window, 1e-9),
+                      "train/epoch": _epoch_progress(pos, B), "train/tokens_seen": tokens_seen,
+                      "train/peak_memory_gb": _peak_memory_gb()}
             values.update({k: v.item() / win_micro for k, v in win_metrics.items()})
             log.scalars(pos.step, values)
-            steps_in_window = win_micro / accum
             eta = (total - pos.step) * elapsed / max(steps_in_window, 1e-9)
             extra = "".join(f" | {k.split('/')[-1]} {v:.3f}" for k, v in values.items()
                             if k.startswith("dpo/"))
@@ -234,7 +267,7 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
             model.eval()
             values = evaluate(model, loss_fn, data, batch_size=B, num_batches=cfg.eval_batches)
             if values:
-                log.scalars(pos.step, values)
+                log.scalars(pos.step, {**values, "eval/runtime": time.perf_counter() - tic})
             if data.example_prompt:
                 sample = generate_sample(model, tok, data.example_prompt,
                                          max_tokens=cfg.sample_tokens)

@@ -18,8 +18,9 @@ from mlx_train.datagen import write_all
 
 TINY = ["--preset", "tiny", "--hidden_size", "64", "--num_heads", "4", "--intermediate_size",
         "128", "--seq_len", "64", "--batch_size", "8", "--vocab_size", "512", "--warmup_steps", "2"]
-REQUIRED = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "eval/loss",
-            "eval/ppl"}
+REQUIRED = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/step_time",
+            "train/epoch", "train/tokens_seen", "train/peak_memory_gb", "eval/loss", "eval/ppl",
+            "eval/runtime"}
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +53,10 @@ def read_scalars(tbdir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def read_texts(tbdir: Path) -> list[str]:
+def read_texts(tbdir: Path, tag: str = "sample") -> list[str]:
     acc = EventAccumulator(str(tbdir))
     acc.Reload()
-    return [t.tensor_proto.string_val[0].decode() for tag in acc.Tags()["tensors"]
-            for t in acc.Tensors(tag)]
+    return [t.tensor_proto.string_val[0].decode() for t in acc.Tensors(f"{tag}/text_summary")]
 
 
 def event_files(root: Path) -> list[Path]:
@@ -76,6 +76,7 @@ def test_each_task_trains_logs_tags_and_checkpoints(tmp_path, data, task):
     assert [s for s, _ in scalars["train/loss"]] == [2, 4]
     texts = read_texts(tbdir)
     assert len(texts) == 1 and texts[0].strip("`\n")
+    assert json.loads(read_texts(tbdir, "config")[0].strip("`\n").removeprefix("json\n"))["task"] == task
     ckpt = find_checkpoint(out)
     assert ckpt.name == "step_0000004"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
