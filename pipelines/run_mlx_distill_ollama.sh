@@ -34,6 +34,10 @@ Teacher (defaults in brackets):
   TOTAL_SAMPLES  samples in all [256]
   PROMPTS_FILE   your prompts, one per line or JSONL {"prompt": ...} [built-in generator]
   TEACHER_MAX_TOKENS  longest answer in tokens [512; smoke test: 64]
+  TEACHER_THINK  let the teacher think first: 0, 1, low|medium|high, or default (send
+                 nothing) [0 for ollama: qwen3 would spend the answer's tokens thinking;
+                 default for openai]
+  TEACHER_API_KEY  sent as "Authorization: Bearer ..." (hosted servers); never printed
 Student:
   DISTILL_DATA   generated SFT data [\$DATA_DIR/distill_sft.jsonl, DATA_DIR=./data]
   OUT_DIR        checkpoints go to \$OUT_DIR/distill [./out]

@@ -318,6 +318,24 @@ def test_distill_without_tensorboard_dir_starts_no_tensorboard(teacher, smoke, o
     assert tensorboard_pids(own_root) == [] and watchers_under(own_root) == []
 
 
+def test_distill_names_the_models_a_real_openai_teacher_serves(teacher, smoke, own_root):
+    """A wrong model name against mlx_lm.server: one line listing what it serves (its /v1/models),
+    not "try --api ollama". (The server drops its loaded model on a failed load; the next request
+    that names it loads it again.)"""
+    root, _, _ = smoke
+    out = own_root / "distill.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "mlx_train.distill", "--api", "openai", "--url", teacher, "--model", "no-such-model",
+         "--out", str(out), "--retries", "0"],
+        env=pipeline_env(own_root), cwd=own_root, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    served = str(max((root / "out" / "sft").glob("step_*")).resolve())
+    assert len(lines) == 1 and "'no-such-model' is not served" in lines[0] and served in lines[0], lines
+    assert "--api ollama" not in lines[0] and not out.exists()
+
+
 def test_distill_with_unreachable_teacher_fails_before_training(own_root):
     env = pipeline_env(own_root, OLLAMA_URL=f"http://127.0.0.1:{free_port()}")
     result = run(DISTILL, "--tensorboard_dir", str(own_root / "tf_dir"), env=env, cwd=own_root, timeout=120)

@@ -35,7 +35,7 @@ from pathlib import Path
 from mlx_train.config import UsageError
 from mlx_train.distill.prompts import PromptFileError, iter_builtin_prompts, load_prompts_file
 from mlx_train.distill.samples import SampleFile
-from mlx_train.distill.teacher import APIS, Teacher, TeacherError, _with_retries, teacher_hint
+from mlx_train.distill.teacher import APIS, THINK_LEVELS, Teacher, TeacherError, _with_retries, teacher_hint
 
 __all__ = ["DistillConfig", "GenerateResult", "UsageError", "generate", "main", "resolve_config"]
 
@@ -81,6 +81,10 @@ class DistillConfig:
     system: str | None = field(default=None, metadata={"help": "optional system prompt"})
     think: str = field(default="strip-empty", metadata={"help": "<think> handling"})
     log_every: int = field(default=10, metadata={"help": "progress line every N samples"})
+    teacher_think: bool | str | None = field(
+        default=False, metadata={"help": "the request's thinking switch: False, True, a level, None (not sent)"})
+    api_key: str | None = field(default=None, repr=False,
+                                metadata={"help": "sent as Authorization: Bearer; never printed"})
 
     @property
     def target(self) -> int:
@@ -100,10 +104,20 @@ environment (a flag beats its variable):
                   TOTAL_SAMPLES unless given explicitly)
   TOTAL_SAMPLES   samples in all                             (default 256)
   PROMPTS_FILE    one prompt per line, or JSONL {"prompt": ...} (default: built-in generator)
+  TEACHER_THINK   should the teacher think before answering: 0 | 1 | low | medium | high |
+                  default (send nothing)    (default: 0 for ollama, default for openai)
+                  ollama: the request's "think" field (a thinking model like qwen3 thinks
+                  when it is absent, spending the answer's token budget on it);
+                  openai: chat_template_kwargs.enable_thinking (vLLM, mlx_lm.server), or
+                  reasoning_effort for a level
+  TEACHER_API_KEY sent as "Authorization: Bearer KEY" (hosted servers, proxies); only from
+                  the environment, never printed; https is advised off this machine
 
 URLs: the base URL may end in /v1 for --api openai; requests go to BASE/api/chat (ollama)
 or BASE/v1/chat/completions (openai). A preflight 1-token chat checks the teacher before
-anything is written; it is skipped when the output already holds the target.
+anything is written; it is skipped when the output already holds the target. When the server
+refuses it, its model list (BASE/api/tags, BASE/v1/models) says whether the model name is
+wrong: the error then lists the models it serves.
 
 output: one JSON object per line, appended and fsynced as each answer arrives:
   {"conversations": [{"role": "user", "content": Q}, {"role": "assistant", "content": A}]}
@@ -156,6 +170,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", default="0.7", help="sampling temperature [0.7]")
     p.add_argument("--system", help="system prompt sent to the teacher and kept in the data [none]")
     p.add_argument("--think", default="strip-empty", help="strip-empty | strip | keep [strip-empty]")
+    p.add_argument("--teacher-think", "--teacher_think", dest="teacher_think",
+                   help="0 | 1 | low | medium | high | default [TEACHER_THINK; 0 for ollama, default for openai]")
     p.add_argument("--log-every", "--log_every", dest="log_every", default="10",
                    help="progress line on stderr every N samples [10]")
     return p
@@ -178,6 +194,31 @@ def _choice(name: str, raw: str, choices: Iterable[str]) -> str:
     if raw not in choices:
         raise UsageError(f"{name}={raw!r} is not one of: {', '.join(choices)}")
     return raw
+
+
+_THINK_WORDS = {"0": False, "false": False, "off": False, "no": False,
+                "1": True, "true": True, "on": True, "yes": True, "default": None}
+
+
+def _teacher_think(name: str, raw: str | None, api: str) -> bool | str | None:
+    """TEACHER_THINK: off for Ollama unless asked (qwen3 would think away its token budget)."""
+    if raw is None:
+        return False if api == "ollama" else None
+    value = raw.strip().lower()
+    if value in THINK_LEVELS:
+        return value
+    if value not in _THINK_WORDS:
+        raise UsageError(f"{name}={raw!r} is not one of: 0, 1, {', '.join(THINK_LEVELS)}, default")
+    return _THINK_WORDS[value]
+
+
+def _api_key(env) -> str | None:
+    """TEACHER_API_KEY, checked without ever showing it."""
+    key = env.get("TEACHER_API_KEY", "").strip()
+    if key and not all(33 <= ord(ch) < 127 for ch in key):
+        raise UsageError("TEACHER_API_KEY holds spaces or characters an HTTP header can't carry "
+                         "(its value is not shown)")
+    return key or None
 
 
 def _normalize_url(raw: str) -> str:
@@ -218,6 +259,7 @@ def resolve_config(argv: list[str] | None = None, environ: dict[str, str] | None
             raise UsageError(f"{cold_src}={cold} is larger than {total_src}={total}")
     workers_raw, workers_src = pick(args.workers, "--workers", "GEN_WORKERS", "4")
     prompts_raw, _ = pick(args.prompts_file, "--prompts-file", "PROMPTS_FILE", None)
+    think_raw, think_src = pick(args.teacher_think, "--teacher-think", "TEACHER_THINK", None)
     if not str(model).strip():
         raise UsageError("teacher model name is empty")
     return DistillConfig(
@@ -239,6 +281,8 @@ def resolve_config(argv: list[str] | None = None, environ: dict[str, str] | None
         system=args.system or None,
         think=_choice("--think", args.think, THINK_MODES),
         log_every=_number("--log-every", args.log_every, int, minimum=1),
+        teacher_think=_teacher_think(think_src, think_raw, api),
+        api_key=_api_key(env),
     )
 
 
@@ -278,7 +322,7 @@ def _worker(teacher: Teacher, jobs: queue.Queue, results: queue.Queue, *, retrie
                 exc = TeacherError(f"{exc} (after {retries + 1} tries)", kind=exc.kind, status=exc.status)
             results.put(_Outcome(prompt, None, exc))
         except Exception as exc:  # never let a worker die silently with a job in flight
-            results.put(_Outcome(prompt, None, TeacherError(repr(exc), kind="protocol")))
+            results.put(_Outcome(prompt, None, TeacherError(teacher.mask(repr(exc)), kind="protocol")))
 
 
 def generate(teacher: Teacher, prompts: Iterable[str], out: SampleFile, *, target: int,
@@ -412,17 +456,23 @@ def run(cfg: DistillConfig, *, handle_signals: bool = True) -> int:
 
     teacher = Teacher(api=cfg.api, url=cfg.url, model=cfg.model, timeout=cfg.timeout,
                       max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                      system=cfg.system, think=cfg.think)
+                      system=cfg.system, think=cfg.think, thinking=cfg.teacher_think,
+                      api_key=cfg.api_key)
+    if teacher.key_in_clear:
+        _err(f"[warn] TEACHER_API_KEY goes to {teacher.url} over plain http; an https URL keeps it private")
     try:
         teacher.preflight(retries=cfg.retries, backoff=cfg.backoff, rng=random.Random(cfg.seed))
     except TeacherError as exc:
         if exc.kind == "unreachable":
             _err(f"[error] teacher unreachable: {teacher.where} ({exc}); {teacher_hint(teacher)}")
         elif exc.kind == "model_missing" and cfg.api == "ollama":
-            _err(f"[error] model {cfg.model!r} not found on {teacher.where}: "
-                 f"pull it with `ollama pull {cfg.model}`")
+            _err(f"[error] {exc}; pull it with `ollama pull {cfg.model}`")
+        elif exc.kind == "model_missing" and exc.served:
+            _err(f"[error] {exc}; name one of them with --model or OLLAMA_MODEL")
         elif exc.kind == "model_missing":
             _err(f"[error] {exc}; {teacher_hint(teacher)}")
+        elif exc.status in (401, 403):
+            _err(f"[error] teacher refused the request: {exc}")
         elif exc.kind == "protocol":
             _err(f"[error] teacher check failed for {teacher.where}: {exc}")
         else:

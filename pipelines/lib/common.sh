@@ -32,7 +32,8 @@ ensure_env() {
   # pip's own progress goes to stderr: stdout carries only what a caller would pipe
   info "installing: pip (upgrade)"
   "$PY" -m pip install --upgrade pip >&2
-  info "installing: the project and its dependencies (mlx, mlx-lm, tensorboard, tensorboardX, watchdog, psutil, tokenizers, pytest)"
+  # [dev] is the watcher, the training stack ([train]: mlx, mlx-lm, tensorboardX, ...) and pytest
+  info "installing: the project and its dependencies (mlx, mlx-lm, tensorboard, tensorboardX, watchdog, psutil, tokenizers, numpy, jinja2, pytest)"
   "$PY" -m pip install -e "${REPO}[dev]" >&2
   touch "$stamp"
   info "set up $REPO/.venv in $((SECONDS - started)) s"
