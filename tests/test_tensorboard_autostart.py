@@ -71,7 +71,8 @@ def test_scripts_are_shellcheck_clean():
     if shutil.which("shellcheck") is None:
         skip("shellcheck is not installed (apt-get install shellcheck)")
     result = subprocess.run(
-        ["shellcheck", "-x", str(RUN_MLX), str(DISTILL), str(SHARED), str(PIPELINES / "lib" / "common.sh")],
+        ["shellcheck", "-x", str(RUN_MLX), str(DISTILL), str(SHARED), str(PIPELINES / "lib" / "common.sh"),
+         str(PIPELINES.parent / "tests" / "base_install_check.sh")],
         capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout
