@@ -233,14 +233,24 @@ def test_a_second_run_that_logs_nothing_starts_nothing(after_a_smoke_run, how, a
     assert tensorboard_pids(root) == [] and watchers_under(root) == []
 
 
-def test_a_second_run_that_trains_prints_one_url(after_a_smoke_run):
+def test_a_second_run_that_trains_says_each_thing_once_on_0000_over_ssh(after_a_smoke_run):
+    """TB_HOST=0.0.0.0 in an SSH session: the pipeline's watcher and the stage's own watcher
+    both run, yet the URL line, the authentication warning and the tunnel hint come once each."""
     root = after_a_smoke_run
-    env = pipeline_env(root, SKIP_SFT="1")
+    ssh = "198.51.100.7 50022 192.0.2.10 22"  # documentation addresses: nothing is sent to them
+    env = pipeline_env(root, SKIP_SFT="1", TB_HOST="0.0.0.0", SSH_CONNECTION=ssh)
     result = run(RUN_MLX, "--smoke-test", "--skip-infer", "--", "--max_steps", "10", env=env, cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
-    (url, pid), = URL_LINE.findall(result.stdout)
-    assert tensorboard_pids(root) == [int(pid)]
-    runs = wait_for(lambda: get_json(f"{url}/data/plugin/scalars/tags"), timeout=30)
+    port = int(env["TB_PORT"])
+    lines = [line for line in result.stdout.splitlines() if line.startswith("[tensorboard]")]
+    assert len(lines) == 1 and lines[0].startswith(f"[tensorboard] http://192.0.2.10:{port} (pid="), result.stdout
+    assert lines[0].endswith(f", local http://127.0.0.1:{port})"), lines
+    pid = int(lines[0].split("pid=")[1].split(",")[0])
+    assert tensorboard_pids(root) == [pid]
+    stderr = result.stderr.splitlines()
+    assert sum("authentication" in line for line in stderr) == 1, result.stderr
+    assert sum(f"ssh -N -L {port}:127.0.0.1:{port}" in line for line in stderr) == 1, result.stderr
+    runs = wait_for(lambda: get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags"), timeout=30)
     assert {"pretrain", "sft"} <= set(runs), "TensorBoard serves all of TF_DIR, the earlier runs too"
 
 
