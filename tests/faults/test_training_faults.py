@@ -190,9 +190,9 @@ def test_save_killed_midway_is_cleaned_by_the_next_run_and_resume_works(tmp_path
     reused = plant(out / f".tmp_step_0009998_{sleeper.pid}_89abcdef", folder=True, age=3600)  # PID reused since
     dead = plant(out / f".tmp_step_0009997_{dead_pid()}", folder=True)                   # older name format
 
-    code, stdout, err = finish(start([*common, "--resume", "--max_steps", str(done + 2)]))
+    code, _, err = finish(start([*common, "--resume", "--max_steps", str(done + 2)]))
     assert code == 0, err[-2000:]
-    assert f"resuming {latest} at step {done}" in stdout
+    assert f"resuming {latest} at step {done}" in err, "progress and notes go to stderr"
     assert [p.name for p in list_checkpoints(out)] == [f"step_{done + 1:07d}", f"step_{done + 2:07d}"]
     state = json.loads((out / f"step_{done + 2:07d}" / "trainer_state.json").read_text())
     assert state["step"] == done + 2
