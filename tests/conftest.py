@@ -245,6 +245,26 @@ def stop_everything_under(root: Path, env: dict[str, str]) -> list[int]:
     return leaked
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_stray_tensorboards(tmp_path_factory: pytest.TempPathFactory):
+    """For the whole session: auto-start off and tb_lazy's state in a temp folder, unless a test
+    sets them itself (``tb_env`` does). A TensorBoard recorded there at the end was started by
+    a test that didn't clean up after itself: it is stopped by PID, and the session errors."""
+    root = tmp_path_factory.mktemp("session")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TB_AUTO", "0")
+    patch.setenv("TB_LAZY_STATE_DIR", str(root / "state"))
+    try:
+        yield
+    finally:
+        patch.undo()
+        env = {**os.environ, "TB_LAZY_STATE_DIR": str(root / "state")}
+        result = subprocess.run([sys.executable, "-m", "tb_lazy", "stop", "--all"], env=env, capture_output=True,
+                                text=True, timeout=120)
+        stopped = [line for line in result.stdout.splitlines() if line.startswith("stopped")]
+        assert not stopped, f"TensorBoards left running by tests outside tb_env: {stopped}"
+
+
 @pytest.fixture
 def tb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Isolated tb_lazy state and temp folder, a free preferred port, and leak checks."""

@@ -48,13 +48,19 @@ def data(tmp_path_factory) -> dict[str, Path]:
 def runs(tmp_path_factory, data) -> Path:
     """Two 4-step pretraining runs (learning rates 1e-3 and 3e-3) under ``tb/a`` and ``tb/b``."""
     root = tmp_path_factory.mktemp("runs")
-    for name, lr in RATES.items():
-        rc = train.main(["--task", "pretrain", "--data_path", str(data["pretrain"]),
-                         "--out_dir", str(root / "out" / name), "--tensorboard_dir", str(root / "tb" / name),
-                         "--learning_rate", str(lr), "--max_steps", "4", "--log_interval", "2",
-                         "--eval_interval", "2", *TINY])
-        assert rc == 0
+    with pytest.MonkeyPatch.context() as patch:  # module scope comes before the autouse fixture above
+        patch.setenv("TB_AUTO", "0")
+        for name, lr in RATES.items():
+            _train_one(root, data, name, lr)
     return root / "tb"
+
+
+def _train_one(root: Path, data: dict[str, Path], name: str, lr: float) -> None:
+    rc = train.main(["--task", "pretrain", "--data_path", str(data["pretrain"]),
+                     "--out_dir", str(root / "out" / name), "--tensorboard_dir", str(root / "tb" / name),
+                     "--learning_rate", str(lr), "--max_steps", "4", "--log_interval", "2",
+                     "--eval_interval", "2", *TINY])
+    assert rc == 0
 
 
 def accumulator(logdir: Path) -> EventAccumulator:
