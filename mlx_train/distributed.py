@@ -16,7 +16,11 @@ from typing import Any
 
 import mlx.core as mx
 
-__all__ = ["SINGLE", "World", "init_world"]
+__all__ = ["SINGLE", "RankMismatch", "World", "init_world"]
+
+
+class RankMismatch(ValueError):
+    """The ranks don't hold the same tokenizer, data or checkpoint; every rank says so."""
 
 
 @dataclass(frozen=True)

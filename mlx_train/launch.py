@@ -9,7 +9,9 @@ runs ``mlx.launch`` unchanged (same options: ``-n 2``, ``--backend ring``, ``--h
 ranks run in a process group of their own: a SIGTERM or Ctrl-C to this wrapper, or a failure,
 ends all of them (SIGTERM, then SIGKILL after a grace period) — no rank is left waiting in a
 collective for a peer that is gone. ``mlx.launch`` polls its stdin, so it is given a pipe that
-stays open (from /dev/null, as in a background job, it would spin a core).
+stays open (from /dev/null, as in a background job, it would spin a core). It also leaves two
+small files per local rank in the temp folder (the rank's pidfile and hostfile); they are
+removed at the end.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
 
 __all__ = ["RankExit", "main", "parse_rank_exit"]
 
@@ -85,6 +91,39 @@ def _stop(proc: subprocess.Popen, *, grace: float = GRACE) -> None:
     proc.wait()
 
 
+def _local_ranks(proc: subprocess.Popen) -> dict[int, str]:
+    """PID -> MLX_HOSTFILE of the ranks this launcher runs on this machine."""
+    found = {}
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        return found
+    for child in children:
+        try:
+            env = child.environ()
+        except psutil.Error:
+            continue
+        if "MLX_RANK" in env:
+            found[child.pid] = env.get("MLX_HOSTFILE", "")
+    return found
+
+
+def _remove_launcher_files(ranks: dict[int, str], *, since: float) -> None:
+    """Remove what ``mlx.launch`` left in the temp folder for these ranks: each one's hostfile,
+    and its pidfile (a ``tmp.*`` file written since ``since`` that holds just the rank's PID)."""
+    for hostfile in ranks.values():
+        if hostfile and Path(hostfile).name.startswith("tmp."):
+            Path(hostfile).unlink(missing_ok=True)
+    pids = {str(pid) for pid in ranks}
+    for path in Path(tempfile.gettempdir()).glob("tmp.*"):
+        try:
+            if path.stat().st_mtime >= since and path.stat().st_size < 16 and \
+                    path.read_text().strip() in pids:
+                path.unlink()
+        except (OSError, UnicodeDecodeError):
+            continue
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mlx.launch`` with ``argv``; returns the run's exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -92,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__.strip().splitlines()[0].strip("`"), file=sys.stderr)
         if not argv:
             return 2
+    started = time.time() - 1.0      # file times may lag the clock a little
     proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, *argv], stdin=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     failures: list[RankExit] = []
@@ -118,9 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    ranks: dict[int, str] = {}
     try:
         while proc.poll() is None and not failed.is_set():
-            failed.wait(0.2)
+            ranks.update(_local_ranks(proc))
+            failed.wait(0.25 if time.time() - started < 15 else 2.0)   # ranks appear early
         if stopped_by or failures:
             # mlx.launch stops the other ranks itself; this makes sure of it, within a deadline
             deadline = time.monotonic() + GRACE
@@ -135,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if proc.stdin is not None:
             proc.stdin.close()
     reader.join(timeout=5)
+    _remove_launcher_files(ranks, since=started)
     if stopped_by:
         return 128 + stopped_by[0]
     if failures:

@@ -37,7 +37,7 @@ from mlx_train.checkpoint import (
 )
 from mlx_train.config import TrainConfig, UsageError, build_parser, model_dims, resolve_config
 from mlx_train.data import DataError, JsonlSource, make_dataset, split_indices, tokenizer_texts
-from mlx_train.distributed import SINGLE, World, init_world
+from mlx_train.distributed import SINGLE, RankMismatch, World, init_world
 from mlx_train.tokenizer import Tok, render_chat, train_tokenizer
 
 __all__ = ["main", "prepare_tokenizer", "run"]
@@ -218,7 +218,7 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
     differ = world.same_everywhere(tokenizer=tok.tok.to_str(), samples=len(data), position=pos,
                                    start=str(start))
     if differ:
-        raise CheckpointError(f"rank {world.rank}: {', '.join(differ)} differ between the ranks "
+        raise RankMismatch(f"rank {world.rank}: {', '.join(differ)} differ between the ranks "
                               "(every rank must read the same data and checkpoints)")
 
     dims = f"hidden={mcfg['hidden_size']} layers={mcfg['num_hidden_layers']} " \
@@ -269,8 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         world = init_world()
         check_world(cfg, world)
         run(cfg, world=world)
-    except (UsageError, DataError, CheckpointError) as e:
-        if world.is_main or "rank" in str(e):   # the same inputs fail on every rank: said once
+    except (UsageError, DataError, CheckpointError, RankMismatch) as e:
+        if world.is_main or isinstance(e, RankMismatch):   # the same inputs fail on every rank: said once
             print(f"error: {e}", file=sys.stderr)
         else:   # let rank 0 say it before the launcher, seeing this rank end, stops the others
             time.sleep(RANK_SETTLE)
