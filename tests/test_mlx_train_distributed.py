@@ -180,6 +180,7 @@ def test_batch_not_divisible_by_the_ranks_is_one_line_and_exit_2(tmp_path, data)
     assert result.stderr.splitlines() == [
         "error: --batch_size=7 (the global batch) is not divisible by the 2 ranks of this run"]
     assert not (tmp_path / "out").exists() and not (tmp_path / "tb").exists()
+    assert strays() == []
 
 
 def test_a_killed_rank_ends_the_run_within_30_s_and_nothing_is_left(tmp_path, data):
@@ -207,6 +208,7 @@ def test_a_killed_rank_ends_the_run_within_30_s_and_nothing_is_left(tmp_path, da
     assert "error: rank 1 was killed (SIGKILL)" in log.read_text().splitlines()[-1]
     alive = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], f"left running: {alive}"
+    assert strays() == []
 
 
 def test_pipeline_runs_every_stage_under_mlx_launch_and_starts_tensorboard_once(tb_env, tmp_path):
@@ -214,7 +216,8 @@ def test_pipeline_runs_every_stage_under_mlx_launch_and_starts_tensorboard_once(
                DATA_DIR=str(tmp_path / "data"), OPENBLAS_NUM_THREADS="1", TMPDIR=str(TMPDIR),
                MLX_LAUNCH=f"mlx.launch -n 2 --backend ring -p {ring_port()}")
     result = subprocess.run(["bash", str(REPO / "pipelines" / "run_mlx.sh"), "--smoke-test", "--skip-infer",
-                             "--", "--max_steps", "4", "--save_interval", "4", "--eval_interval", "4"],
+                             "--", "--max_steps", "4", "--save_interval", "4", "--eval_interval", "4",
+                             "--sample_tokens", "4"],
                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
