@@ -183,7 +183,10 @@ def test_batch_not_divisible_by_the_ranks_is_one_line_and_exit_2(tmp_path, data)
     assert strays() == []
 
 
-def test_a_killed_rank_ends_the_run_within_30_s_and_nothing_is_left(tmp_path, data):
+@pytest.mark.parametrize("victim", ["rank 1", "launcher"])
+def test_a_killed_rank_or_a_stopped_launcher_ends_everything_within_30_s(tmp_path, data, victim):
+    """SIGKILL to rank 1 (a rank that dies), or SIGTERM to the launcher (what a pipeline's
+    cleanup sends): the run ends non-zero within 30 s and none of its processes is left."""
     log = tmp_path / "stderr.log"
     argv = launcher() + trainer("pretrain", data["pretrain"], tmp_path, "--batch_size", "8",
                                 "--max_steps", "100000", tb=False)
@@ -196,7 +199,10 @@ def test_a_killed_rank_ends_the_run_within_30_s_and_nothing_is_left(tmp_path, da
         family = psutil.Process(proc.pid).children(recursive=True)
         ranks = {p.environ()["MLX_RANK"]: p for p in family if "MLX_RANK" in p.environ()}
         assert set(ranks) == {"0", "1"}, family
-        ranks["1"].send_signal(signal.SIGKILL)
+        if victim == "rank 1":
+            ranks["1"].send_signal(signal.SIGKILL)
+        else:
+            proc.send_signal(signal.SIGTERM)
         killed_at = time.monotonic()
         status = proc.wait(timeout=30)
         assert time.monotonic() - killed_at < 30
@@ -204,8 +210,11 @@ def test_a_killed_rank_ends_the_run_within_30_s_and_nothing_is_left(tmp_path, da
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert status != 0
-    assert "error: rank 1 was killed (SIGKILL)" in log.read_text().splitlines()[-1]
+    if victim == "rank 1":
+        assert status == 128 + signal.SIGKILL
+        assert "error: rank 1 was killed (SIGKILL)" in log.read_text().splitlines()[-1]
+    else:
+        assert status == 128 + signal.SIGTERM
     alive = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], f"left running: {alive}"
     assert strays() == []
