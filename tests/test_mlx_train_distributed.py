@@ -28,7 +28,7 @@ RTOL = 1e-4
 TINY = ["--preset", "tiny", "--hidden_size", "64", "--num_heads", "4", "--intermediate_size", "128",
         "--seq_len", "64", "--vocab_size", "512", "--warmup_steps", "0", "--min_lr_ratio", "1",
         "--log_interval", "1", "--eval_interval", "3", "--save_interval", "3", "--eval_batches", "2",
-        "--sample_tokens", "8"]
+        "--sample_tokens", "8", "--keep_last", "10"]
 
 
 def ring_port() -> int:
@@ -106,18 +106,27 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def pretrain(tmp_path_factory, data):
-    """One process for 8 steps; two ranks for 6 (same global batch 8, constant learning rate);
-    then one process resuming the two ranks' run to step 8."""
+    """One process for 10 steps; two ranks for 6 (same global batch 8, constant learning rate);
+    then one process resuming the two ranks' run to step 8, and two ranks resuming that to 10."""
     base = tmp_path_factory.mktemp("pretrain")
     single, dp = base / "single", base / "dp"
-    ref = run(trainer("pretrain", data["pretrain"], single, "--batch_size", "8", "--max_steps", "8"), single)
+    ref = run(trainer("pretrain", data["pretrain"], single, "--batch_size", "8", "--max_steps", "10"), single)
     assert ref.returncode == 0, ref.stderr
     two = run(launcher() + trainer("pretrain", data["pretrain"], dp, "--batch_size", "8", "--max_steps", "6"), dp)
     assert two.returncode == 0, two.stderr
     written = sorted(str(p.relative_to(dp)) for p in dp.rglob("*"))
     resumed = run(trainer("pretrain", data["pretrain"], dp, "--batch_size", "8", "--max_steps", "8",
                           "--resume", tb=False), dp)
-    return dict(single=single, dp=dp, ref=ref, two=two, written=written, resumed=resumed)
+    resumed_two = run(launcher() + trainer("pretrain", data["pretrain"], dp, "--batch_size", "8",
+                                           "--max_steps", "10", "--resume", tb=False), dp)
+    return dict(single=single, dp=dp, ref=ref, two=two, written=written, resumed=resumed,
+                resumed_two=resumed_two)
+
+
+def printed_losses(stderr: str) -> dict[int, float]:
+    """step -> loss of the progress lines (printed to 4 decimals)."""
+    return {int(line.split("step ")[1].split("/")[0]): float(line.split("loss ")[1].split()[0])
+            for line in stderr.splitlines() if "] step " in line}
 
 
 def test_two_ranks_train_as_one_process_with_the_global_batch(pretrain):
@@ -153,15 +162,23 @@ def test_two_rank_checkpoint_loads_in_mlx_lm_and_resumes_in_one_process(pretrain
     resumed = pretrain["resumed"]
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr and "at step 6" in resumed.stderr
-    state = json.loads((pretrain["dp"] / "out" / "step_0000008" / "trainer_state.json").read_text())
-    ref_state = json.loads((pretrain["single"] / "out" / "step_0000008" / "trainer_state.json").read_text())
-    assert {k: state[k] for k in ("step", "epoch", "batch")} == {k: ref_state[k] for k in ("step", "epoch", "batch")}
     # the same data position and weights: steps 7 and 8 give the one-process run's losses
-    losses = {int(line.split("step ")[1].split("/")[0]): float(line.split("loss ")[1].split()[0])
-              for line in resumed.stderr.splitlines() if "] step " in line}
+    losses = printed_losses(resumed.stderr)
     ref = scalars(pretrain["single"] / "tb")["train/loss"]
     for step in (7, 8):
         assert losses[step] == pytest.approx(ref[step], abs=1e-4)   # printed to 4 decimals
+
+
+def test_two_ranks_resume_at_the_same_position(pretrain):
+    resumed = pretrain["resumed_two"]
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.count("at step 8") == 1          # said once, by rank 0
+    state = json.loads((pretrain["dp"] / "out" / "step_0000010" / "trainer_state.json").read_text())
+    ref_state = json.loads((pretrain["single"] / "out" / "step_0000010" / "trainer_state.json").read_text())
+    assert {k: state[k] for k in ("step", "epoch", "batch")} == {k: ref_state[k] for k in ("step", "epoch", "batch")}
+    losses, ref = printed_losses(resumed.stderr), scalars(pretrain["single"] / "tb")["train/loss"]
+    for step in (9, 10):
+        assert losses[step] == pytest.approx(ref[step], abs=1e-4)
 
 
 def test_dpo_with_its_frozen_reference_under_two_ranks(tmp_path, data):
