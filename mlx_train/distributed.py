@@ -53,6 +53,12 @@ class World:
             return values
         return {k: v / self.size for k, v in self.sum(values).items()}
 
+    def least(self, value: int) -> int:
+        """The smallest of the ranks' ``value`` (``value`` itself when there is one rank)."""
+        if self.size == 1:
+            return value
+        return int(mx.distributed.all_min(mx.array(value), group=self.group).item())
+
     def same_everywhere(self, **facts: Any) -> list[str]:
         """The names of ``facts`` (anything with a stable ``repr``) that differ between ranks."""
         if self.size == 1:

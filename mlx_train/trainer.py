@@ -82,7 +82,9 @@ def micro_batches(data: Dataset, source: JsonlSource | None, pos: Position, *,
         if pos.batch == 0:
             if reload and source is not None:
                 data.extend(source.read_new(growing=True))
-            pos.epoch_samples = len(data)
+            # a growing file may have gained lines between the ranks' reads: all take the
+            # samples every rank has (the rest join at the next epoch)
+            pos.epoch_samples = world.least(len(data))
         order = _order(pos.epoch_samples, seed=seed, epoch=pos.epoch)
         n_batches = len(order) // batch_size
         if n_batches == 0:
@@ -193,7 +195,7 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
         if cfg.max_steps > 0:
             return cfg.max_steps
         done_epochs = pos.epoch + (pos.batch > 0)
-        per_epoch = steps_per_epoch(len(data), batch_size=B, accum_steps=accum)
+        per_epoch = steps_per_epoch(world.least(len(data)), batch_size=B, accum_steps=accum)
         return pos.step + max(0, cfg.epochs - done_epochs) * per_epoch + \
             (per_epoch - pos.batch // accum if pos.batch > 0 else 0)
 
