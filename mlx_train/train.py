@@ -219,7 +219,7 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
                                    start=str(start))
     if differ:
         raise RankMismatch(f"rank {world.rank}: {', '.join(differ)} differ between the ranks "
-                              "(every rank must read the same data and checkpoints)")
+                           "(every rank must read the same data and checkpoints)")
 
     dims = f"hidden={mcfg['hidden_size']} layers={mcfg['num_hidden_layers']} " \
            f"heads={mcfg['num_attention_heads']} vocab={mcfg['vocab_size']}"
