@@ -1,14 +1,17 @@
 """Benchmark: mlx_train's compiled step against mlx-lm's trainer step on the same model and
-the same batches, then the wall time of a smoke-sized pretrain + SFT run.
+the same batches; the wall time of a smoke-sized pretrain + SFT run; and data parallelism:
+one process against two ranks under ``mlx.launch`` (ring backend, loopback) on the same cores.
 
-    python benchmarks/bench_mlx_train.py [--steps 10] [--skip-smoke]
+    python benchmarks/bench_mlx_train.py [--steps 10] [--skip-smoke] [--skip-ranks]
 
-Not a test: it prints numbers (tokens/s of each step and their ratio; smoke wall time)."""
+Not a test: it prints numbers (tokens/s of each step and their ratio; smoke wall time; tokens/s
+of 1 process and 2 ranks, and the scaling efficiency)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -108,10 +111,43 @@ def smoke(tmp: Path) -> float:
     return time.perf_counter() - tic
 
 
+RANKS_MODEL = ["--preset", "tiny", "--hidden_size", "256", "--num_layers", "4", "--num_heads", "4",
+               "--intermediate_size", "768", "--vocab_size", "2048", "--seq_len", "256",
+               "--batch_size", "8", "--warmup_steps", "2", "--log_interval", "5",
+               "--eval_interval", "1000", "--save_interval", "1000", "--sample_tokens", "0"]
+
+
+def train_tokens_per_sec(cmd: list[str], *, threads: int, steps: int) -> float:
+    """Median global tokens/s over the progress windows after the first (compile, warm-up)."""
+    env = dict(os.environ, TB_AUTO="0", OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run(cmd + ["--max_steps", str(steps)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
+    rates = [float(line.split(" tok/s")[0].rsplit("| ", 1)[1].replace(",", ""))
+             for line in proc.stderr.splitlines() if " tok/s" in line]
+    return statistics.median(rates[1:] or rates)
+
+
+def bench_ranks(tmp: Path, *, steps: int) -> dict[str, float]:
+    """Tokens/s of one process (BLAS threads = cores) and of two ranks (cores / 2 each)."""
+    cores = os.cpu_count() or 2
+    subprocess.run([sys.executable, "-m", "mlx_train.data", "--out_dir", str(tmp / "data")],
+                   check=True, capture_output=True)
+    train = [sys.executable, "-m", "mlx_train.train", "--task", "pretrain", *RANKS_MODEL,
+             "--data_path", str(tmp / "data/pretrain.jsonl")]
+    one = train_tokens_per_sec(train + ["--out_dir", str(tmp / "one")], threads=cores, steps=steps)
+    launch = [sys.executable, "-m", "mlx_train.launch", "-n", "2", "--backend", "ring"]
+    two = train_tokens_per_sec(launch + train + ["--out_dir", str(tmp / "two")],
+                               threads=max(1, cores // 2), steps=steps)
+    return {"cores": cores, "one": one, "two": two}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per trainer (10)")
-    parser.add_argument("--skip-smoke", action="store_true", help="only the step comparison")
+    parser.add_argument("--skip-smoke", action="store_true", help="no smoke run")
+    parser.add_argument("--skip-ranks", action="store_true", help="no 1-process vs 2-rank run")
+    parser.add_argument("--rank-steps", type=int, default=25, help="steps of each data-parallel run (25)")
     args = parser.parse_args()
     print(f"cpu cores: {os.cpu_count()}")
     shape = dict(hidden=256, layers=4, vocab=2048, seq_len=256, batch=8)
@@ -124,6 +160,16 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             print("smoke run: data + tiny pretrain (100 steps) + tiny SFT (60 steps), seq_len 128")
             print(f"  wall time: {smoke(Path(tmp)):.1f} s")
+    if not args.skip_ranks:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"data parallel: pretrain {args.rank_steps} steps, hidden 256, 4 layers, seq 256, "
+                  "global batch 8; same cores for both")
+            r = bench_ranks(Path(tmp), steps=args.rank_steps)
+            half = max(1, r["cores"] // 2)
+            print(f"  1 process, {r['cores']} BLAS threads       : {r['one']:9,.0f} tokens/s")
+            print(f"  2 ranks, {half} BLAS thread(s) each (ring): {r['two']:9,.0f} tokens/s")
+            print(f"  scaling efficiency (2 ranks / 1 process, same cores; 1.00 = no cost): "
+                  f"{r['two'] / r['one']:.2f}")
     return 0
 
 

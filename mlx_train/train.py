@@ -5,12 +5,19 @@ variables (``--check`` stops here), read and validate every line of the data (an
 file and line, exit 2, before any tokenizer, checkpoint or event file is written), then
 tokenizer, model and optimizer, then the training loop. Progress goes to stderr: stdout is left
 to what a caller would pipe (the TensorBoard URL line).
+
+Under ``mlx.launch`` (see ``python -m mlx_train.launch``) every rank runs this same command:
+``--batch_size`` is the global batch and must divide by the number of ranks (checked first,
+exit 2); rank 0 alone prints progress, writes the tokenizer cache, TensorBoard logs and
+checkpoints; the others compute and write nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -30,12 +37,14 @@ from mlx_train.checkpoint import (
 )
 from mlx_train.config import TrainConfig, UsageError, build_parser, model_dims, resolve_config
 from mlx_train.data import DataError, JsonlSource, make_dataset, split_indices, tokenizer_texts
+from mlx_train.distributed import SINGLE, RankMismatch, World, init_world
 from mlx_train.tokenizer import Tok, render_chat, train_tokenizer
 
 __all__ = ["main", "prepare_tokenizer", "run"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT = 0, 1, 2, 130
 QUICK_FLAGS = ("-h", "--help", "--check")   # no BLAS re-exec (and no [blas] line) for these
+RANK_SETTLE = 2.0   # seconds a rank other than 0 waits before exiting on an error rank 0 reports
 
 
 def say(message: str) -> None:
@@ -59,10 +68,16 @@ def check_tensorboard_environment(cfg: TrainConfig) -> None:
         raise UsageError(str(e)) from None
 
 
+def silent(message: str) -> None:
+    """What ranks other than 0 do with progress lines."""
+
+
 def prepare_tokenizer(cfg: TrainConfig, records: Sequence[dict], *, start: Path | None,
-                      report=say) -> Tok:
+                      report=say, cache: bool = True) -> Tok:
     """The run's tokenizer: the starting checkpoint's, --tokenizer_dir, the one cached in
-    ``out_dir/tokenizer``, or a new one trained on ``records`` and cached there.
+    ``out_dir/tokenizer``, or a new one trained on ``records`` and cached there (without
+    ``cache``, as on ranks other than 0, trained in a temporary folder and not kept: training
+    is deterministic, so every rank gets the same one).
 
     The cache is written into a temporary folder and renamed into place: a run killed while
     writing it leaves no half tokenizer, and of two runs caching at once the first one wins
@@ -76,6 +91,10 @@ def prepare_tokenizer(cfg: TrainConfig, records: Sequence[dict], *, start: Path 
         report(f"[{cfg.task}] tokenizer: reusing {cached}")
         return Tok.load(cached)
     vocab = model_dims(cfg)["vocab_size"]
+    if not cache:
+        with tempfile.TemporaryDirectory() as scratch:
+            return train_tokenizer(tokenizer_texts(cfg.task, records, render_chat),
+                                   vocab_size=vocab, out_dir=Path(scratch), max_length=cfg.seq_len)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic.temp_path(cached)
     try:
@@ -97,8 +116,17 @@ def _rng_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % 2**32
 
 
-def run(cfg: TrainConfig, *, report=say) -> Path | None:
-    """Run one training stage; returns the last checkpoint written."""
+def check_world(cfg: TrainConfig, world: World) -> None:
+    """The global batch must split evenly over the ranks."""
+    if cfg.batch_size % world.size:
+        raise UsageError(f"--batch_size={cfg.batch_size} (the global batch) is not divisible by "
+                         f"the {world.size} ranks of this run")
+
+
+def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
+    """Run one training stage; returns the last checkpoint written (None on ranks other than 0)."""
+    if not world.is_main:
+        report = silent
     # ---- where we start from ----
     resume_from = init_from = None
     if cfg.resume:
@@ -115,7 +143,8 @@ def run(cfg: TrainConfig, *, report=say) -> Path | None:
     records = source.read_new(growing=cfg.reload_data)
     if not records:
         raise DataError(f"{cfg.data_path}: no samples")
-    clean_leftovers(Path(cfg.out_dir))        # what interrupted saves of earlier runs left
+    if world.is_main:
+        clean_leftovers(Path(cfg.out_dir))    # what interrupted saves of earlier runs left
     n_lines = len(split_indices(len(records))[0])
     if n_lines < cfg.batch_size:   # said before a tokenizer is trained for nothing
         raise DataError(f"batch_size={cfg.batch_size} but only {n_lines} training samples "
@@ -123,7 +152,8 @@ def run(cfg: TrainConfig, *, report=say) -> Path | None:
     note = blas_note()
     if note:
         report(note)
-    tok = prepare_tokenizer(cfg, records, start=resume_from or init_from, report=report)
+    tok = prepare_tokenizer(cfg, records, start=resume_from or init_from, report=report,
+                            cache=world.is_main)
     data = make_dataset(cfg.task, tok, cfg.seq_len)
     data.extend(records)
     n_train = len(split_indices(len(data))[0])
@@ -185,17 +215,26 @@ def run(cfg: TrainConfig, *, report=say) -> Path | None:
         pos = Position(**{k: int(state[k]) for k in asdict(pos)})
         mx.random.seed(_rng_seed(cfg.seed, pos.step))
     loss_fn = stage.make_loss(reference, cfg.beta)
+    differ = world.same_everywhere(tokenizer=tok.tok.to_str(), samples=len(data), position=pos,
+                                   start=str(start))
+    if differ:
+        raise RankMismatch(f"rank {world.rank}: {', '.join(differ)} differ between the ranks "
+                           "(every rank must read the same data and checkpoints)")
 
     dims = f"hidden={mcfg['hidden_size']} layers={mcfg['num_hidden_layers']} " \
            f"heads={mcfg['num_attention_heads']} vocab={mcfg['vocab_size']}"
     origin = f"resuming {resume_from} at step {pos.step}" if resume_from else \
         f"from {init_from}" if init_from else f"from scratch (preset {cfg.preset})"
+    ranks = f", {world.size} ranks x {cfg.batch_size // world.size} rows" if world.size > 1 else ""
     report(f"[{cfg.task}] model {count_params(model) / 1e6:.2f}M params ({dims}), "
-           f"{len(data)} samples, {origin}")
+           f"{len(data)} samples, {origin}{ranks}")
 
     last: list[Path] = []
 
     def save(p: Position) -> Path:
+        if not world.is_main:                   # rank 0 writes; every rank re-seeds the same
+            mx.random.seed(_rng_seed(cfg.seed, p.step))
+            return Path(cfg.out_dir) / f"step_{p.step:07d}"
         last.append(save_checkpoint(
             Path(cfg.out_dir), step=p.step, model=model, model_cfg=mcfg, tok=tok,
             optimizer=optimizer, trainer_state={**asdict(p), "init_from": str(base) if base else None},
@@ -204,18 +243,21 @@ def run(cfg: TrainConfig, *, report=say) -> Path | None:
         return last[-1]
 
     frozen = [reference.state] if reference is not None else []
-    with TBLogger(cfg.tensorboard_dir) as log, contextlib.ExitStack() as cleanup:
-        board = autostart_tensorboard(cfg.tensorboard_dir)   # before the first log step
+    logdir = cfg.tensorboard_dir if world.is_main else None
+    with TBLogger(logdir) as log, contextlib.ExitStack() as cleanup:
+        board = autostart_tensorboard(logdir)   # before the first log step
         if board is not None:
             cleanup.callback(board.stop)
         fit(model=model, optimizer=optimizer, loss_fn=loss_fn, data=data, source=source,
-            tok=tok, cfg=cfg, pos=pos, log=log, save=save, frozen=frozen, report=report)
+            tok=tok, cfg=cfg, pos=pos, log=log, save=save, frozen=frozen, report=report,
+            world=world)
     return last[-1] if last else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    world = SINGLE
     try:
         check_only = getattr(build_parser().parse_args(argv), "check", False)
         cfg = resolve_config(argv)
@@ -224,9 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if cfg.init_from:
                 find_checkpoint(cfg.init_from)   # exists and holds a finished checkpoint
             return EXIT_OK
-        run(cfg)
-    except (UsageError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        world = init_world()
+        check_world(cfg, world)
+        run(cfg, world=world)
+    except (UsageError, DataError, CheckpointError, RankMismatch) as e:
+        if world.is_main or isinstance(e, RankMismatch):   # the same inputs fail on every rank: said once
+            print(f"error: {e}", file=sys.stderr)
+        else:   # let rank 0 say it before the launcher, seeing this rank end, stops the others
+            time.sleep(RANK_SETTLE)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -2,6 +2,10 @@
 state; gradient accumulation and clipping; one ``mx.eval`` per step; host sync only when
 logging), warm-up + cosine learning rate, evaluation with a text sample, checkpoints.
 
+Data parallel (`mlx_train.distributed`): every rank takes its own slice of each global batch,
+gradients are averaged across ranks before clipping, and metrics are reduced so that rank 0
+logs global figures; only rank 0 reports, logs and generates the text sample.
+
 A stage is the loss it passes in and the dataset it batches from; this loop never asks which
 stage it runs."""
 
@@ -24,6 +28,7 @@ from mlx.utils import tree_map
 
 from mlx_train.config import PRESETS, TrainConfig
 from mlx_train.data import DataError, Dataset, JsonlSource, split_indices
+from mlx_train.distributed import SINGLE, World
 from mlx_train.stages import LossFn
 from mlx_train.tblog import TBLogger
 from mlx_train.tokenizer import Tok
@@ -66,16 +71,20 @@ def _order(n_samples: int, *, seed: int, epoch: int) -> list[int]:
 
 
 def micro_batches(data: Dataset, source: JsonlSource | None, pos: Position, *,
-                  batch_size: int, seed: int, reload: bool) -> Iterator[dict[str, np.ndarray]]:
+                  batch_size: int, seed: int, reload: bool,
+                  world: World = SINGLE) -> Iterator[dict[str, np.ndarray]]:
     """Shuffled micro-batches forever, epoch after epoch, advancing ``pos`` as they are taken.
 
+    ``batch_size`` is the global batch: each rank of ``world`` gets its own slice of it.
     With ``reload``, new complete lines of the source file join at each epoch boundary.
     """
     while True:
         if pos.batch == 0:
             if reload and source is not None:
                 data.extend(source.read_new(growing=True))
-            pos.epoch_samples = len(data)
+            # a growing file may have gained lines between the ranks' reads: all take the
+            # samples every rank has (the rest join at the next epoch)
+            pos.epoch_samples = world.least(len(data))
         order = _order(pos.epoch_samples, seed=seed, epoch=pos.epoch)
         n_batches = len(order) // batch_size
         if n_batches == 0:
@@ -83,14 +92,17 @@ def micro_batches(data: Dataset, source: JsonlSource | None, pos: Position, *,
         while pos.batch < n_batches:
             b = pos.batch
             pos.batch += 1
-            yield data.collate(order[b * batch_size:(b + 1) * batch_size])
+            yield data.collate(world.shard(order[b * batch_size:(b + 1) * batch_size]))
         pos.epoch, pos.batch = pos.epoch + 1, 0
 
 
 def make_step(model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, *,
-              accum_steps: int, grad_clip: float, frozen: Sequence[Any] = ()) -> Callable:
+              accum_steps: int, grad_clip: float, frozen: Sequence[Any] = (),
+              world: World = SINGLE) -> Callable:
     """The compiled training step ``step(batch, grad_acc, update) -> (loss, ntoks, metrics,
-    grad_norm, grad_acc)``; ``frozen`` are extra read-only states (the DPO reference model)."""
+    grad_norm, grad_acc)``; ``frozen`` are extra read-only states (the DPO reference model).
+    Gradients are averaged over the ranks of ``world`` before clipping (as mlx-lm does: each
+    rank's loss is the mean over its own slice)."""
     loss_and_grad = nn.value_and_grad(model, loss_fn)
     state = [model.state, optimizer.state, mx.random.state]
     clip = grad_clip if grad_clip > 0 else float("inf")
@@ -104,6 +116,8 @@ def make_step(model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, *,
             return loss, ntoks, metrics, mx.array(0.0), grad
         if accum_steps > 1:
             grad = tree_map(lambda g: g / accum_steps, grad)
+        if world.size > 1:
+            grad = nn.average_gradients(grad, group=world.group)
         grad, norm = optim.clip_grad_norm(grad, clip)
         optimizer.update(model, grad)
         return loss, ntoks, metrics, norm, None
@@ -112,21 +126,26 @@ def make_step(model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, *,
 
 
 def evaluate(model: nn.Module, loss_fn: LossFn, data: Dataset, *, batch_size: int,
-             num_batches: int) -> dict[str, float]:
-    """Mean loss (and perplexity) over up to ``num_batches`` held-out micro-batches.
+             num_batches: int, world: World = SINGLE) -> dict[str, float]:
+    """Mean loss (and perplexity) over up to ``num_batches`` held-out micro-batches (global
+    batches: each rank evaluates its slice, the sums are reduced).
 
     Uses training samples when the data is too small to hold out a batch."""
     train, val = split_indices(len(data))
     pool = val if len(val) >= batch_size else train
     total, count, nll = 0.0, 0.0, 0.0
     for b in range(min(num_batches, len(pool) // batch_size)):
-        batch = {k: mx.array(v) for k, v in data.collate(pool[b * batch_size:(b + 1) * batch_size]).items()}
+        rows = world.shard(pool[b * batch_size:(b + 1) * batch_size])
+        batch = {k: mx.array(v) for k, v in data.collate(rows).items()}
         loss, ntoks, metrics = loss_fn(model, batch)
         mx.eval(loss, ntoks, metrics)
         n = ntoks.item()
         total += loss.item() * n
         nll += metrics["dpo/chosen_nll"].item() * n if "dpo/chosen_nll" in metrics else 0.0
         count += n
+    if world.size > 1:
+        sums = world.sum({"total": mx.array(total), "nll": mx.array(nll), "count": mx.array(count)})
+        total, nll, count = (sums[k].item() for k in ("total", "nll", "count"))
     if count == 0:
         return {}
     loss = total / count
@@ -192,15 +211,18 @@ def _say(message: str) -> None:
 def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: Dataset,
         source: JsonlSource | None, tok: Tok, cfg: TrainConfig, pos: Position, log: TBLogger,
         save: Callable[[Position], Path], frozen: Sequence[Any] = (),
-        report: Callable[[str], None] = _say) -> Position:
-    """Train until ``cfg.max_steps`` (or ``cfg.epochs``) optimizer steps are done."""
+        report: Callable[[str], None] = _say, world: World = SINGLE) -> Position:
+    """Train until ``cfg.max_steps`` (or ``cfg.epochs``) optimizer steps are done.
+
+    Every rank of ``world`` runs this loop (the collectives need all of them); ``log``,
+    ``report`` and ``save`` are the caller's to make silent on ranks other than 0."""
     B, accum = cfg.batch_size, cfg.accum_steps
 
     def total_steps() -> int:
         if cfg.max_steps > 0:
             return cfg.max_steps
         done_epochs = pos.epoch + (pos.batch > 0)
-        per_epoch = steps_per_epoch(len(data), batch_size=B, accum_steps=accum)
+        per_epoch = steps_per_epoch(world.least(len(data)), batch_size=B, accum_steps=accum)
         return pos.step + max(0, cfg.epochs - done_epochs) * per_epoch + \
             (per_epoch - pos.batch // accum if pos.batch > 0 else 0)
 
@@ -209,9 +231,10 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
         report(f"[{cfg.task}] nothing to do: step {pos.step} of {total}")
         return pos
     step = make_step(model, optimizer, loss_fn, accum_steps=accum, grad_clip=cfg.grad_clip,
-                     frozen=frozen)
+                     frozen=frozen, world=world)
     state = [model.state, optimizer.state, mx.random.state]
-    batches = micro_batches(data, source, pos, batch_size=B, seed=cfg.seed, reload=cfg.reload_data)
+    batches = micro_batches(data, source, pos, batch_size=B, seed=cfg.seed, reload=cfg.reload_data,
+                            world=world)
     lr_of = partial(get_lr, peak=cfg.learning_rate, warmup=cfg.warmup_steps,
                     min_ratio=cfg.min_lr_ratio)
 
@@ -241,6 +264,11 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
 
         # ---- log ----
         if pos.step % cfg.log_interval == 0 or last:
+            if world.size > 1:     # global figures: mean loss and metrics, summed tokens
+                reduced = world.mean({"train/loss": win_loss, **win_metrics})
+                win_loss = reduced.pop("train/loss")
+                win_metrics = reduced
+                win_tokens = int(world.sum({"t": mx.array(win_tokens)})["t"].item())
             elapsed = time.perf_counter() - win_start
             steps_in_window = win_micro / accum
             tokens_seen += win_tokens
@@ -265,10 +293,11 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
         if pos.step % cfg.eval_interval == 0 or last:
             tic = time.perf_counter()
             model.eval()
-            values = evaluate(model, loss_fn, data, batch_size=B, num_batches=cfg.eval_batches)
+            values = evaluate(model, loss_fn, data, batch_size=B, num_batches=cfg.eval_batches,
+                              world=world)
             if values:
                 log.scalars(pos.step, {**values, "eval/runtime": time.perf_counter() - tic})
-            if data.example_prompt:
+            if data.example_prompt and world.is_main:
                 sample = generate_sample(model, tok, data.example_prompt,
                                          max_tokens=cfg.sample_tokens)
                 log.text("sample", f"```\n{sample}\n```", pos.step)   # verbatim in markdown

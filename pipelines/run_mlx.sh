@@ -35,6 +35,9 @@ Environment (defaults in brackets):
   PRETRAIN_DATA, SFT_DATA, DPO_DATA, R1_DATA   JSONL files [\$DATA_DIR/<stage>.jsonl]
   INFER_PROMPT   prompt for the inference sample
   PY         Python with the project installed [a .venv in the repo, set up on first run]
+  MLX_LAUNCH run every training stage data-parallel under mlx.launch with these options,
+             e.g. "mlx.launch -n 2 --backend ring" (two ranks on this machine) or
+             "mlx.launch --hostfile hosts.json"; --batch_size is the global batch [empty: one process]
 
 TensorBoard auto-start ([tb] auto-start):
   TB_AUTO    1: start TensorBoard when this run first logs; 0: never [1]
@@ -100,6 +103,12 @@ settings() {
   DPO_DATA=${DPO_DATA:-$DATA_DIR/dpo.jsonl}
   R1_DATA=${R1_DATA:-$DATA_DIR/r1.jsonl}
   INFER_PROMPT=${INFER_PROMPT:-What is 12 + 7?}
+  # MLX_LAUNCH: mlx.launch's options (a leading "mlx.launch" word is allowed), split on spaces
+  LAUNCH=()
+  read -r -a LAUNCH <<<"${MLX_LAUNCH:-}"
+  if ((${#LAUNCH[@]})) && [[ "${LAUNCH[0]}" == mlx.launch ]]; then
+    LAUNCH=("${LAUNCH[@]:1}")
+  fi
   COMMON=()
   if ((SMOKE)); then
     COMMON=(--preset tiny --max_steps 40 --batch_size 8 --seq_len 128 --log_interval 5
@@ -173,8 +182,14 @@ train() {
   [[ -n "$TF_DIR" ]] && args+=(--tensorboard_dir "$TF_DIR/$stage")
   [[ -n "$init" ]] && args+=(--init_from "$init")
   info "stage $stage: training ($task)"
+  # data parallel: mlx_train.launch is mlx.launch with the failing rank's exit status
+  local launcher=()
+  if ((${#LAUNCH[@]})); then
+    launcher=("$PY" -m mlx_train.launch "${LAUNCH[@]}")
+  fi
   # ${a[@]+"${a[@]}"}: an empty array is fine under set -u in bash before 4.4 (macOS) too
-  run_child "$PY" -m mlx_train.train "${args[@]}" ${COMMON[@]+"${COMMON[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
+  run_child ${launcher[@]+"${launcher[@]}"} "$PY" -m mlx_train.train "${args[@]}" \
+    ${COMMON[@]+"${COMMON[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
   LAST_OUT="$OUT_DIR/$stage"
 }
 
