@@ -103,9 +103,7 @@ def flush_scalar(writer, event_file: Path, tag: str = "train/loss", value: float
 
 def append_record(event_file: Path) -> None:
     """Append one complete data record to ``event_file`` (copied from a fresh tensorboardX file)."""
-    import tempfile as _tempfile
-
-    with _tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch:
         data = write_scalar(Path(scratch)).read_bytes()
     header = 8 + 4 + int.from_bytes(data[:8], "little") + 4  # the file-version record's frame
     with open(event_file, "ab") as handle:
@@ -220,11 +218,20 @@ class TbEnv:
         return stop_everything_under(self.root, self.env)
 
 
+MLX_KERNELS = Path(tempfile.gettempdir()) / "mlx"  # where MLX keeps the CPU kernels it compiles
+
+
 def isolated_env(root: Path) -> dict[str, str]:
     """This process's environment, with tb_lazy's state and the temp folder under ``root``,
-    a free preferred port, no TB_* or rank variables, and the repo importable."""
+    a free preferred port, no TB_* or rank variables, and the repo importable.
+
+    MLX keeps its compiled CPU kernels in ``$TMPDIR/mlx``: that one folder is linked to the
+    usual, warm one, or every isolated run would compile them again (minutes on 2 cores)."""
     tmp = root / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
+    MLX_KERNELS.mkdir(exist_ok=True)
+    if not (tmp / "mlx").exists():
+        (tmp / "mlx").symlink_to(MLX_KERNELS, target_is_directory=True)
     env = {name: value for name, value in os.environ.items() if name not in TB_VARIABLES}
     env.update(
         TB_LAZY_STATE_DIR=str(root / "state"),
