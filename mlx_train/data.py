@@ -264,10 +264,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"error: cannot write {args.out_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
-    for task, path in paths.items():
-        lines = sum(1 for _ in path.open(encoding="utf-8"))
-        print(f"{task:9s} {path}  ({lines} lines, {path.stat().st_size / 1024:.0f} KB)")
+    _list_written(paths)
     return 0
+
+
+def _list_written(paths: dict[str, Path]) -> None:
+    """One line per file written: what it is, where, how many lines and kilobytes (the command's output)."""
+    for name, path in paths.items():
+        lines = sum(1 for _ in path.open(encoding="utf-8"))
+        print(f"{name:9s} {path}  ({lines} lines, {path.stat().st_size / 1024:.0f} KB)")
 
 
 def export_main(argv: Sequence[str]) -> int:
@@ -295,9 +300,7 @@ def export_main(argv: Sequence[str]) -> int:
     except OSError as e:
         print(f"error: cannot write {args.out_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
-    for name, path in paths.items():
-        lines = sum(1 for _ in path.open(encoding="utf-8"))
-        print(f"{name:6s} {path}  ({lines} lines)")
+    _list_written(paths)
     return 0
 
 

@@ -8,6 +8,7 @@ on any folder below it — watchdog skips those silently, so we check what it wa
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,6 +19,11 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
 from tb_lazy.messages import warn
+
+# watchdog logs races of its own shutdown (an emitter read after its thread stopped) as errors;
+# with no handler configured Python would print them on stderr, in the middle of our one line.
+# The application's own logging configuration, if any, still receives them.
+logging.getLogger("watchdog").addHandler(logging.NullHandler())
 
 FALLBACK_POLL = 1.0  # seconds between scans when inotify can't be used
 LIMIT_ERRORS = (errno.ENOSPC, errno.EMFILE, errno.ENOMEM)
