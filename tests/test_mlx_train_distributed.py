@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,16 +33,22 @@ TINY = ["--preset", "tiny", "--hidden_size", "64", "--num_heads", "4", "--interm
 
 
 def ring_port() -> int:
-    """A port p with p and p+1 free on loopback (the ring's two ranks listen on both)."""
-    for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
+    """A port p with p and p+1 free on loopback (the ring's two ranks listen on both), below the
+    ephemeral range: there the ranks' own outgoing connections could take it before a rank binds."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's usual start of the ephemeral range
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, min(low, 32768) - 2)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
                 b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
+        except OSError:
+            continue
+        return port
     raise RuntimeError("no two consecutive free ports")
 
 
