@@ -20,6 +20,7 @@ from tb_lazy import __version__, registry
 from tb_lazy.config import DEFAULT_HOST, DEFAULT_PORT, UsageError, check_logdir
 from tb_lazy.launch import Failed, Served
 from tb_lazy.messages import note, tunnel, warn
+from tb_lazy.statefiles import shown
 from tb_lazy.watch import Skipped, watch
 
 PROG = "tb-lazy"
@@ -136,12 +137,6 @@ def _age(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def _shown(text: str) -> str:
-    """``text`` as is, or quoted and escaped like a Python literal if it holds a newline or
-    other control character (one row per TensorBoard, whatever its folder is called)."""
-    return text if text.isprintable() else repr(text)
-
-
 def _run_list(args: argparse.Namespace) -> int:
     instances = registry.running()
     if args.json:
@@ -156,7 +151,7 @@ def _run_list(args: argparse.Namespace) -> int:
     for i in instances:
         log = i.log_file or "(started outside tb_lazy)"
         age = _age(now - i.started) if i.started else "?"
-        rows.append(tuple(map(_shown, (i.url, str(i.pid), age, i.logdir, log))))
+        rows.append(tuple(map(shown, (i.url, str(i.pid), age, i.logdir, log))))
     widths = [max(len(row[c]) for row in rows) for c in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4])
@@ -167,15 +162,15 @@ def _run_stop(args: argparse.Namespace) -> int:
     target = None if args.all else check_logdir(args.logdir)
     stopped = registry.stop(target)
     for instance in stopped:
-        print(f"stopped TensorBoard pid={instance.pid} ({instance.url}, logdir {_shown(instance.logdir)})")
+        print(f"stopped TensorBoard pid={instance.pid} ({instance.url}, logdir {shown(instance.logdir)})")
     if stopped or args.all:
         if not stopped:
             note("no TensorBoard started by tb_lazy is running")
         return 0
     wider = next((i for i in registry.running() if i.source == "tb_lazy" and i.serves(target)), None)
-    parent = _shown(wider.logdir) if wider else ""
+    parent = shown(wider.logdir) if wider else ""
     hint = f"; pid {wider.pid} serves its parent {parent}: 'tb-lazy stop {parent}'" if wider else ""
-    exactly = _shown(str(target))
+    exactly = shown(str(target))
     print(f"{PROG}: error: no TensorBoard started by tb_lazy serves exactly {exactly}{hint}", file=sys.stderr)
     return 1
 

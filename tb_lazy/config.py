@@ -83,6 +83,16 @@ def parse_pid(name: str, value: str | int) -> int:
     return pid
 
 
+def env_port(env: Mapping[str, str]) -> int:
+    """``TB_PORT``, or the default when unset or empty."""
+    return parse_port("TB_PORT", env["TB_PORT"]) if env.get("TB_PORT", "").strip() else DEFAULT_PORT
+
+
+def env_keep(env: Mapping[str, str]) -> bool:
+    """``TB_KEEP``, or the default (on) when unset or empty."""
+    return parse_bool("TB_KEEP", env["TB_KEEP"]) if env.get("TB_KEEP", "").strip() else True
+
+
 def check_logdir(logdir: str | os.PathLike[str]) -> Path:
     """An absolute log folder that exists, or that could be created later.
 
@@ -123,9 +133,9 @@ def resolve(
     if not host.strip():
         raise UsageError("--host is empty; give an address such as 127.0.0.1 (or 0.0.0.0 for all)")
     if port is None:
-        port = parse_port("TB_PORT", env["TB_PORT"]) if env.get("TB_PORT", "").strip() else DEFAULT_PORT
+        port = env_port(env)
     if keep is None:
-        keep = parse_bool("TB_KEEP", env["TB_KEEP"]) if env.get("TB_KEEP", "").strip() else True
+        keep = env_keep(env)
     return Settings(
         logdir=check_logdir(logdir),
         host=host.strip(),
@@ -181,10 +191,8 @@ def check_environment(env: Mapping[str, str] | None = None) -> None:
     if host and not set(host) <= _HOST_CHARS:
         raise UsageError(f"TB_HOST={env['TB_HOST']!r} is not a host name or address "
                          "(e.g. 127.0.0.1, 0.0.0.0, ::, localhost)")
-    if env.get("TB_PORT", "").strip():
-        parse_port("TB_PORT", env["TB_PORT"])
-    if env.get("TB_KEEP", "").strip():
-        parse_bool("TB_KEEP", env["TB_KEEP"])
+    env_port(env)
+    env_keep(env)
 
 
 def _main(argv: list[str]) -> int:
