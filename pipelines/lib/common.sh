@@ -61,6 +61,11 @@ spawn() {
   trap - EXIT
   "$@" &
   printf -v "$var" '%s' "$!"
+  restore_exit_trap
+}
+
+# restore_exit_trap — put the script's EXIT trap (install_traps CLEANUP) back in place.
+restore_exit_trap() {
   if [[ -n "$EXIT_TRAP" ]]; then
     # shellcheck disable=SC2064  # expand EXIT_TRAP now
     trap "$EXIT_TRAP" EXIT
@@ -84,9 +89,8 @@ on_signal() {
   CHILD_PID=""
   # a signal in spawn's instant without the EXIT trap still cleans up (in the script's own
   # shell only: a child forked by spawn that hasn't exec'd yet just exits)
-  if [[ -n "$EXIT_TRAP" && "${BASHPID:-$$}" == "$$" ]]; then
-    # shellcheck disable=SC2064  # expand EXIT_TRAP now
-    trap "$EXIT_TRAP" EXIT
+  if [[ "${BASHPID:-$$}" == "$$" ]]; then
+    restore_exit_trap
   fi
   exit "$1"
 }
@@ -94,8 +98,7 @@ on_signal() {
 # install_traps CLEANUP — run CLEANUP on exit; Ctrl-C exits 130, TERM 143.
 install_traps() {
   EXIT_TRAP=$1
-  # shellcheck disable=SC2064  # expand CLEANUP now
-  trap "$1" EXIT
+  restore_exit_trap
   trap 'on_signal 130' INT
   trap 'on_signal 143' TERM
 }
