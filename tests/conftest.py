@@ -242,6 +242,15 @@ def isolated_env(root: Path) -> dict[str, str]:
     return env
 
 
+def pipeline_env(root: Path, **extra: str) -> dict[str, str]:
+    """``isolated_env`` for a pipeline run: this interpreter as PY, and TF_DIR, OUT_DIR and
+    DATA_DIR under ``root``; ``extra`` on top."""
+    env = isolated_env(root)
+    env.update(PY=sys.executable, TF_DIR=str(root / "tf_dir"), OUT_DIR=str(root / "out"), DATA_DIR=str(root / "data"))
+    env.update(extra)
+    return env
+
+
 def stop_everything_under(root: Path, env: dict[str, str]) -> list[int]:
     """Stop the TensorBoards tb_lazy started with ``env``'s state, then any process still
     naming ``root`` (by PID). Returns the PIDs of the latter: leaks."""

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import REPO, isolated_env
+from conftest import REPO, isolated_env, pipeline_env
 
 from tb_lazy.config import UsageError, check_environment
 
@@ -26,14 +26,6 @@ DISTILL = REPO / "pipelines" / "run_mlx_distill_ollama.sh"
 CONFIG_SCRIPT = REPO / "tb_lazy" / "config.py"
 BAD_TB = [("TB_PORT", "abc"), ("TB_PORT", "70000"), ("TB_AUTO", "maybe"), ("TB_KEEP", "2"),
           ("TB_HOST", "http://0.0.0.0")]
-
-
-def pipeline_env(root: Path, **extra: str) -> dict[str, str]:
-    env = isolated_env(root)
-    env.update(PY=sys.executable, TF_DIR=str(root / "tf_dir"), OUT_DIR=str(root / "out"),
-               DATA_DIR=str(root / "data"))
-    env.update(extra)
-    return env
 
 
 def run(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 120):

@@ -25,6 +25,7 @@ from conftest import (
     get_json,
     isolated_env,
     pids_mentioning,
+    pipeline_env,
     stop_everything_under,
     tensorboard_pids,
     wait_for,
@@ -33,13 +34,6 @@ from conftest import (
 RUN_MLX = REPO / "pipelines" / "run_mlx.sh"
 DISTILL = REPO / "pipelines" / "run_mlx_distill_ollama.sh"
 URL_LINE = re.compile(r"^\[tensorboard\] (http://127\.0\.0\.1:\d+) \(pid=(\d+)\)$", re.M)
-
-
-def pipeline_env(root: Path, **extra: str) -> dict[str, str]:
-    env = isolated_env(root)
-    env.update(PY=sys.executable, TF_DIR=str(root / "tf_dir"), OUT_DIR=str(root / "out"), DATA_DIR=str(root / "data"))
-    env.update(extra)
-    return env
 
 
 def run(script: Path, *args: str, env: dict[str, str], cwd: Path, timeout: float = 600):
