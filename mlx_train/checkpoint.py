@@ -1,7 +1,8 @@
-"""Checkpoints: ``out_dir/step_XXXXXXX/`` in mlx-lm's layout (config.json, model.safetensors,
-tokenizer files with the chat template) plus what ``--resume`` needs (optimizer.safetensors,
-trainer_state.json; the MLX RNG is re-seeded from
-(seed, step) at every save and resume, so it needs no saving) and the resolved train_config.json.
+"""Checkpoints: ``out_dir/<run>/step_XXXXXXX/`` in mlx-lm's layout (config.json,
+model.safetensors, tokenizer files with the chat template) plus what ``--resume`` needs
+(optimizer.safetensors, trainer_state.json; the MLX RNG is re-seeded from (seed, step) at every
+save and resume, so it needs no saving) and the resolved train_config.json. Each run has its own
+series (`mlx_train.runs`: names, which run and step is the latest).
 
 Saves are atomic: everything is written into a hidden temporary folder, ``.tmp_step_XXXXXXX_PID_TOKEN``,
 that is renamed into place, so an interrupted save never leaves a half checkpoint for --init_from
@@ -9,7 +10,8 @@ to pick. What an interrupted save (or prune) leaves behind is removed by the nex
 its writer is gone (`clean_leftovers`); a live writer's temporary is never touched.
 
 After each save the stage folder itself becomes the latest checkpoint as a model (`publish`):
-``out_dir/config.json``, ``model.safetensors``, the tokenizer files and train_config.json, so that
+``out_dir/config.json``, ``model.safetensors``, the tokenizer files and train_config.json (which
+names the run: `mlx_train.runs` reads it to know the newest run), so that
 ``mlx_lm.load``/``generate``/``server``/``lora --model out_dir`` work. Optimizer and trainer state
 stay in the step folders only (mlx-lm loads ``model*.safetensors``, but they aren't the model).
 A reader never sees two steps mixed: within a run config and tokenizer are the same bytes at
@@ -33,54 +35,21 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_train import atomic
-from mlx_train.config import TrainConfig, save_config
+from mlx_train.config import RUN_NAME_RE, TrainConfig, save_config
+from mlx_train.runs import CheckpointError, Run, is_checkpoint, last_saved, list_checkpoints, list_runs, newest_run
 from mlx_train.tokenizer import TOKENIZER_FILES, Tok
 
-__all__ = ["CheckpointError", "clean_leftovers", "find_checkpoint", "list_checkpoints", "load_config",
-           "load_optimizer", "load_trainer_state", "load_weights", "publish", "save_checkpoint"]
+__all__ = ["clean_leftovers", "load_config", "load_optimizer", "load_trainer_state", "load_weights",
+           "prune_runs", "publish", "save_checkpoint"]
 
-STEP_RE = re.compile(r"step_(\d{7})")
-REQUIRED = ("config.json", "model.safetensors")
 WEIGHTS = "model.safetensors"
 MODEL_FILES = ("config.json", *TOKENIZER_FILES)   # what the weights must be read with
 # what the stage folder gets from the latest step, besides the weights (written before them)
 PUBLISHED = (*MODEL_FILES, "train_config.json")
-# what train.py writes into out_dir through a temporary
-OURS_RE = re.compile(r"step_\d{7}|tokenizer|" + "|".join(re.escape(n) for n in (*PUBLISHED, WEIGHTS)))
-
-
-class CheckpointError(ValueError):
-    """No usable checkpoint where one was asked for."""
-
-
-def _is_checkpoint(path: Path) -> bool:
-    return path.is_dir() and all((path / name).is_file() for name in REQUIRED)
-
-
-def list_checkpoints(out_dir: Path) -> list[Path]:
-    """Complete step_XXXXXXX checkpoints under ``out_dir``, oldest first."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    found = [p for p in out_dir.iterdir() if STEP_RE.fullmatch(p.name) and _is_checkpoint(p)]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def find_checkpoint(path: Path | str) -> Path:
-    """The latest step_* inside ``path`` (a stage folder), else ``path`` itself if it is a model
-    folder (a step folder, a stage folder whose steps were removed, an ``mlx_lm.fuse`` output).
-
-    A stage folder resolves to its step folder, not to its own copy of that step: a run started
-    from it records a path whose weights never change."""
-    path = Path(path)
-    found = list_checkpoints(path)
-    if found:
-        return found[-1]
-    if _is_checkpoint(path):
-        return path
-    what = "does not exist" if not path.exists() else "holds no checkpoint (config.json + " \
-        "model.safetensors) and no step_XXXXXXX folder with one"
-    raise CheckpointError(f"{path} {what}")
+# what train.py writes into out_dir (and a run's folder) through a temporary; run folders are
+# renamed away when --keep_runs prunes them
+OURS_RE = re.compile(r"step_\d{7}|tokenizer|" + "|".join(re.escape(n) for n in (*PUBLISHED, WEIGHTS))
+                     + "|" + RUN_NAME_RE.pattern)
 
 
 def clean_leftovers(out_dir: Path) -> list[Path]:
@@ -92,7 +61,7 @@ def clean_leftovers(out_dir: Path) -> list[Path]:
         if not atomic.is_stale(leftover):
             continue                      # a live writer's (or unknown): never touched
         final = leftover.path.with_name(leftover.name)
-        if leftover.kind == "old" and not final.exists() and _is_checkpoint(leftover.path):
+        if leftover.kind == "old" and not final.exists() and is_checkpoint(leftover.path):
             try:
                 leftover.path.rename(final)
             except OSError:               # another run restored it first, or saved the step anew
@@ -103,23 +72,25 @@ def clean_leftovers(out_dir: Path) -> list[Path]:
     return done
 
 
-def save_checkpoint(out_dir: Path, *, step: int, model: nn.Module, model_cfg: dict[str, Any],
+def save_checkpoint(run: Run, *, out_dir: Path, step: int, model: nn.Module, model_cfg: dict[str, Any],
                     tok: Tok, optimizer: optim.Optimizer, trainer_state: dict[str, Any],
                     train_cfg: TrainConfig, keep_last: int) -> Path:
-    """Write ``out_dir/step_{step:07d}`` atomically and prune to the last ``keep_last``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(out_dir)
-    final = out_dir / f"step_{step:07d}"
+    """Write ``run.path/step_{step:07d}`` atomically, publish it as stage folder ``out_dir``'s
+    model and prune the run's series to its last ``keep_last`` (other runs are not touched)."""
+    out_dir, folder = Path(out_dir), Path(run.path)
+    folder.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(folder)
+    final = folder / f"step_{step:07d}"
     tmp = atomic.temp_path(final)
     tmp.mkdir()
     try:
         weights = dict(tree_flatten(model.parameters()))
-        mx.save_safetensors(str(tmp / WEIGHTS), weights, metadata={"format": "mlx", "step": str(step)})
+        mx.save_safetensors(str(tmp / WEIGHTS), weights,
+                            metadata={"format": "mlx", "step": str(step), "run": run.name})
         (tmp / "config.json").write_text(json.dumps(model_cfg, indent=2) + "\n", encoding="utf-8")
         tok.save(tmp, max_length=model_cfg.get("max_position_embeddings", 2048))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-        state = dict(trainer_state, step=step)
+        state = dict(trainer_state, step=step, run_name=run.name)
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         save_config(train_cfg, tmp / "train_config.json")
         if final.exists():                       # re-saving a step: swap, then drop the old one
@@ -133,9 +104,28 @@ def save_checkpoint(out_dir: Path, *, step: int, model: nn.Module, model_cfg: di
         atomic.remove(tmp)
         raise
     publish(final, out_dir)
-    for stale in list_checkpoints(out_dir)[:-keep_last]:
+    for stale in list_checkpoints(folder)[:-keep_last]:
         _delete(stale)
     return final
+
+
+def prune_runs(out_dir: Path, *, keep: int, current: Run) -> list[Run]:
+    """Remove the checkpoint folders of all but the newest ``keep`` runs in stage folder
+    ``out_dir``, ``current`` always kept (``keep`` 0: none removed). Returns the runs removed.
+    Newest: the runs that saved last (see `mlx_train.runs`); their TensorBoard logs are kept."""
+    if keep < 1:
+        return []
+    others = [run for run in list_runs(out_dir) if run.path != current.path]
+    newest = newest_run(out_dir)
+    others.sort(key=lambda run: (run == newest, last_saved(run)), reverse=True)
+    doomed = others[max(keep - 1, 0):]
+    for run in doomed:
+        if run.name:
+            _delete(run.path)
+        else:                                  # steps kept directly in out_dir (before run names)
+            for ckpt in list_checkpoints(run.path):
+                _delete(ckpt)
+    return doomed
 
 
 def publish(ckpt: Path, out_dir: Path) -> None:

@@ -7,18 +7,21 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["PRESETS", "TASKS", "TrainConfig", "UsageError", "build_parser", "model_dims",
+__all__ = ["PRESETS", "RUN_NAME_RE", "TASKS", "TrainConfig", "UsageError", "build_parser", "model_dims",
            "resolve_config", "save_config"]
 
 TASKS = ("pretrain", "sft", "dpo", "r1")
 DTYPES = ("float32", "bfloat16", "float16")
 ENV_PREFIX = "MLX_TRAIN_"
+# a run's name is a folder name in out_dir and in the TensorBoard folder: letters, digits, . _ + -
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 # Model sizes. vocab_size is the size of the BPE tokenizer trained for the run; the model
 # always takes the tokenizer's actual size.
@@ -78,10 +81,15 @@ class TrainConfig:
     eval_interval: int = _f(100, "evaluate and log a text sample every N steps (and at the end)")
     eval_batches: int = _f(4, "micro-batches per evaluation")
     init_from: str | None = _f(None, "start from this checkpoint or a stage's out_dir (latest step)")
-    resume: bool = _f(False, "continue from the latest checkpoint in --out_dir")
+    resume: bool = _f(False, "continue the newest run in --out_dir (or the one --run_name names) "
+                             "from its latest checkpoint")
+    run_name: str | None = _f(None, "this run's name: its folder in --out_dir and in --tensorboard_dir "
+                              "(also read from RUN_NAME; default: the start time, e.g. 20261206-103000)")
     seed: int = _f(42, "random seed (weights and data order)")
     dtype: str = _f("float32", "parameter dtype", choices=DTYPES)
-    keep_last: int = _f(3, "keep only the last N checkpoints")
+    keep_last: int = _f(3, "keep only the last N checkpoints of this run")
+    keep_runs: int = _f(0, "keep the checkpoints of only the newest N runs in --out_dir, this one "
+                        "included, removing older runs' folders (0: keep every run)")
     beta: float = _f(0.1, "DPO temperature beta")
     reload_data: bool = _f(False, "re-read --data_path at each epoch boundary (growing files)")
     tokenizer_dir: str | None = _f(None, "use this tokenizer folder instead of the cached one")
@@ -186,6 +194,8 @@ def resolve_config(argv: Sequence[str] | None = None,
         choices = f.metadata.get("choices")
         if choices and values[f.name] not in choices:
             raise UsageError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: choose from {', '.join(choices)}")
+    if "run_name" not in values and env.get("RUN_NAME"):      # the pipelines' name for it
+        values["run_name"] = env["RUN_NAME"]
     task = values.get("task", TrainConfig.task)
     for key, value in TASK_DEFAULTS.get(task, {}).items():
         values.setdefault(key, value)
@@ -201,7 +211,7 @@ def _check(cfg: TrainConfig) -> None:
                  "eval_interval", "save_interval", "keep_last", "eval_batches"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name}={getattr(cfg, name)} must be at least 1")
-    for name in ("max_steps", "warmup_steps", "sample_tokens"):
+    for name in ("max_steps", "warmup_steps", "sample_tokens", "keep_runs"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"--{name}={getattr(cfg, name)} must not be negative")
     if cfg.learning_rate is None or cfg.learning_rate <= 0:
@@ -209,6 +219,10 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.resume and cfg.init_from:
         raise UsageError("--resume and --init_from exclude each other "
                          f"(resume reads {cfg.out_dir}, init_from={cfg.init_from})")
+    if cfg.run_name is not None and (not RUN_NAME_RE.fullmatch(cfg.run_name)
+                                     or re.fullmatch(r"step_\d{7}|tokenizer", cfg.run_name)):
+        raise UsageError(f"--run_name={cfg.run_name!r}: use up to 100 letters, digits and . _ + - "
+                         "(not starting with one of . _ + -; not step_NNNNNNN or tokenizer)")
     dims = model_dims(cfg)
     if dims["hidden_size"] % dims["num_heads"]:
         raise UsageError(f"hidden_size={dims['hidden_size']} is not divisible by "

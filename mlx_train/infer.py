@@ -1,8 +1,9 @@
 """``python -m mlx_train.infer --checkpoint PATH --prompt TEXT [--chat] ...``
 
-Generation from a checkpoint (or a stage's out_dir: its latest step) with mlx-lm's KV-cached
-``stream_generate``; greedy unless --temperature > 0. stdout carries the generated text only
-(``… | head -1`` is its first line); the checkpoint and the prompt are echoed on stderr."""
+Generation from a checkpoint (a stage's out_dir: its newest run's latest step; a run's folder: its
+latest step) with mlx-lm's KV-cached ``stream_generate``; greedy unless --temperature > 0. stdout
+carries the generated text only (``… | head -1`` is its first line); the checkpoint (with its run
+and step) and the prompt are echoed on stderr."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from mlx_train.blas import blas_note, reexec_with_fast_blas
-from mlx_train.checkpoint import CheckpointError, find_checkpoint
 from mlx_train.config import OneLineParser
+from mlx_train.runs import CheckpointError, describe, find_checkpoint
 
 __all__ = ["generate_text", "main", "whole_characters"]
 
@@ -59,8 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m mlx_train.infer",
                            description="Generate text from an mlx_train checkpoint.")
     parser.add_argument("--checkpoint", required=True,
-                        help="a step_XXXXXXX folder, a stage's out_dir (its latest step) or any "
-                             "mlx-lm model folder (e.g. an mlx_lm fuse output)")
+                        help="a step_XXXXXXX folder, a run's folder (its latest step), a stage's out_dir "
+                             "(its newest run's latest step) or any mlx-lm model folder (e.g. an mlx_lm "
+                             "fuse output)")
     parser.add_argument("--prompt", required=True, help="prompt text (a user message with --chat)")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     parser.add_argument("--max_tokens", type=int, default=128, help="tokens to generate (128)")
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = blas_note()
         if note:
             print(note, file=sys.stderr)
-        print(f"[infer] {ckpt}", file=sys.stderr)
+        print(f"[infer] {describe(ckpt)}", file=sys.stderr)
         print(f"[infer] prompt: {args.prompt}", file=sys.stderr, flush=True)
         generate_text(ckpt, args.prompt, chat=args.chat, max_tokens=args.max_tokens,
                       temperature=args.temperature, top_p=args.top_p,

@@ -16,9 +16,11 @@ in one folder still show as one TensorBoard run, mixed; give each run its own fo
 The hparams summaries go into the run's own event file, not into the separate sub-run that
 tensorboardX's ``add_hparams`` writes: TensorBoard takes a session's metric values from the scalars
 of the run that holds its session-start record, so the HPARAMS table shows this run with the last
-value of its own ``eval/loss``. Each run writes its own experiment record and TensorBoard reads the
-first one it finds, and with it each column's type: every run of ours has the same keys, each
-always of one type (None is written as "", so a field that may be None must otherwise be a string).
+value of each of its scalars. No experiment record is written: TensorBoard then works the columns
+out from all runs' session records and puts first — and ticks, five of them — the ones whose values
+differ between the runs (an explicit record would tick the first five alphabetically). Where the
+outputs go (``out_dir``, ``tensorboard_dir``) is in the config text, not a column: it differs per
+stage and says nothing the run name and task don't. None is written as "", so every run has every column.
 There is no "aborted" status: a run ended by an error or Ctrl-C is marked failed."""
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HParam", "TBLogger", "autostart_tensorboard", "event_file_suffix", "flatten"]
+__all__ = ["HParam", "NOT_HPARAMS", "TBLogger", "autostart_tensorboard", "event_file_suffix", "flatten"]
 
 HParam = str | int | float | bool
+NOT_HPARAMS = ("out_dir", "tensorboard_dir")     # in the config text only (see above)
 
 
 def event_file_suffix() -> str:
@@ -68,15 +71,15 @@ class TBLogger:
     def __init__(self, logdir: str | Path | None):
         self.logdir = None if logdir is None else Path(logdir)
         self._writer: Any = None
-        self._description: tuple[Mapping[str, Any], tuple[str, ...]] | None = None
+        self._description: dict[str, Any] | None = None
         self._session_open = False
         self._last_step = 0
 
-    def describe(self, config: Mapping[str, Any], *, metrics: Sequence[str] = ("eval/loss",)) -> None:
+    def describe(self, config: Mapping[str, Any]) -> None:
         """The run's configuration: written with the first log step as text (tag ``config``, a JSON
-        block) and as HPARAMS (``flatten(config)``), with ``metrics`` — scalar tags this run logs —
-        as the values the HPARAMS tab compares runs by (the last value of each)."""
-        self._description = (dict(config), tuple(metrics))
+        block) and as HPARAMS (``flatten(config)`` less `NOT_HPARAMS`); TensorBoard compares the
+        runs by the last value of each of their scalars."""
+        self._description = dict(config)
 
     def _get(self, step: int) -> Any:
         if self._writer is None and self.logdir is not None:
@@ -91,13 +94,12 @@ class TBLogger:
     def _write_description(self, step: int) -> None:
         from tensorboardX.summary import hparams
 
-        config, metrics = self._description
+        config = self._description
         text = json.dumps(config, indent=2, ensure_ascii=False, default=str)
         self._writer.add_text("config", f"```json\n{text}\n```", step)     # verbatim in markdown
-        experiment, session_start, _ = hparams(flatten(config), dict.fromkeys(metrics, 0.0))
-        file_writer = self._writer._get_file_writer()
-        file_writer.add_summary(experiment, step)
-        file_writer.add_summary(session_start, step)
+        columns = flatten({k: v for k, v in config.items() if k not in NOT_HPARAMS})
+        _, session_start, _ = hparams(columns, {})      # no experiment record: see the module docstring
+        self._writer._get_file_writer().add_summary(session_start, step)
         self._session_open = True
 
     def scalars(self, step: int, values: dict[str, float]) -> None:

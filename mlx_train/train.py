@@ -15,6 +15,7 @@ checkpoints; the others compute and write nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import tempfile
 import time
@@ -25,19 +26,27 @@ from pathlib import Path
 from mlx_train import atomic
 from mlx_train.blas import blas_note, reexec_with_fast_blas
 from mlx_train.checkpoint import (
-    CheckpointError,
     clean_leftovers,
-    find_checkpoint,
-    list_checkpoints,
     load_config,
     load_optimizer,
     load_trainer_state,
     load_weights,
+    prune_runs,
     save_checkpoint,
 )
 from mlx_train.config import TrainConfig, UsageError, build_parser, model_dims, resolve_config
 from mlx_train.data import DataError, JsonlSource, make_dataset, split_indices, tokenizer_texts
 from mlx_train.distributed import SINGLE, RankMismatch, World, init_world
+from mlx_train.runs import (
+    CheckpointError,
+    Run,
+    claim_run,
+    describe,
+    find_checkpoint,
+    find_run,
+    list_checkpoints,
+    list_runs,
+)
 from mlx_train.tokenizer import Tok, render_chat, train_tokenizer
 
 __all__ = ["main", "prepare_tokenizer", "run"]
@@ -127,14 +136,17 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
     """Run one training stage; returns the last checkpoint written (None on ranks other than 0)."""
     if not world.is_main:
         report = silent
-    # ---- where we start from ----
+    out_dir = Path(cfg.out_dir)
+    # ---- which run, and where we start from ----
+    resumed: Run | None = None
     resume_from = init_from = None
     if cfg.resume:
-        found = list_checkpoints(Path(cfg.out_dir))
-        if found:
-            resume_from = found[-1]
+        resumed = find_run(out_dir, cfg.run_name)
+        if resumed is not None:
+            resume_from = list_checkpoints(resumed.path)[-1]
         else:
-            report(f"[{cfg.task}] --resume: no checkpoint in {cfg.out_dir} yet, starting fresh")
+            which = f"of run {cfg.run_name} " if cfg.run_name else ""
+            report(f"[{cfg.task}] --resume: no checkpoint {which}in {cfg.out_dir} yet, starting fresh")
     if cfg.init_from and resume_from is None:
         init_from = find_checkpoint(cfg.init_from)
 
@@ -143,12 +155,18 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
     records = source.read_new(growing=cfg.reload_data)
     if not records:
         raise DataError(f"{cfg.data_path}: no samples")
-    if world.is_main:
-        clean_leftovers(Path(cfg.out_dir))    # what interrupted saves of earlier runs left
     n_lines = len(split_indices(len(records))[0])
     if n_lines < cfg.batch_size:   # said before a tokenizer is trained for nothing
         raise DataError(f"batch_size={cfg.batch_size} but only {n_lines} training samples "
                         f"in {cfg.data_path} ({len(records)} lines)")
+    if world.is_main:
+        clean_leftovers(out_dir)    # what interrupted saves of earlier runs left
+        run_ = resumed or claim_run(out_dir, name=cfg.run_name, taken=_logs_exist(cfg))
+        _say_run(cfg, run_, resumed=resumed is not None, report=report)
+    else:     # writes nothing: the name only labels what rank 0 saves
+        name = resumed.name if resumed else cfg.run_name or ""
+        run_ = Run(name, out_dir / name)
+    cfg = dataclasses.replace(cfg, run_name=run_.name)     # saved with every checkpoint
     note = blas_note()
     if note:
         report(note)
@@ -223,8 +241,8 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
 
     dims = f"hidden={mcfg['hidden_size']} layers={mcfg['num_hidden_layers']} " \
            f"heads={mcfg['num_attention_heads']} vocab={mcfg['vocab_size']}"
-    origin = f"resuming {resume_from} at step {pos.step}" if resume_from else \
-        f"from {init_from}" if init_from else f"from scratch (preset {cfg.preset})"
+    origin = f"resuming {describe(resume_from)}" if resume_from else \
+        f"from {describe(init_from)}" if init_from else f"from scratch (preset {cfg.preset})"
     ranks = f", {world.size} ranks x {cfg.batch_size // world.size} rows" if world.size > 1 else ""
     report(f"[{cfg.task}] model {count_params(model) / 1e6:.2f}M params ({dims}), "
            f"{len(data)} samples, {origin}{ranks}")
@@ -234,24 +252,55 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
     def save(p: Position) -> Path:
         if not world.is_main:                   # rank 0 writes; every rank re-seeds the same
             mx.random.seed(_rng_seed(cfg.seed, p.step))
-            return Path(cfg.out_dir) / f"step_{p.step:07d}"
+            return run_.path / f"step_{p.step:07d}"
         last.append(save_checkpoint(
-            Path(cfg.out_dir), step=p.step, model=model, model_cfg=mcfg, tok=tok,
+            run_, out_dir=out_dir, step=p.step, model=model, model_cfg=mcfg, tok=tok,
             optimizer=optimizer, trainer_state={**asdict(p), "init_from": str(base) if base else None},
             train_cfg=cfg, keep_last=cfg.keep_last))
+        pruned = prune_runs(out_dir, keep=cfg.keep_runs, current=run_)
+        if pruned:
+            report(f"[{cfg.task}] --keep_runs {cfg.keep_runs}: removed the checkpoints of "
+                   f"{', '.join(r.name or '(steps from before run names)' for r in pruned)} from {out_dir}")
         mx.random.seed(_rng_seed(cfg.seed, p.step))   # a resumed run continues the same stream
         return last[-1]
 
     frozen = [reference.state] if reference is not None else []
-    logdir = cfg.tensorboard_dir if world.is_main else None
+    logdir = _run_logdir(cfg, run_) if world.is_main else None
     with TBLogger(logdir) as log, contextlib.ExitStack() as cleanup:
-        board = autostart_tensorboard(logdir)   # before the first log step
+        # watches the folder of every run: one TensorBoard shows this run beside the earlier ones
+        board = autostart_tensorboard(cfg.tensorboard_dir if world.is_main else None)  # before the first log step
         if board is not None:
             cleanup.callback(board.stop)
         fit(model=model, optimizer=optimizer, loss_fn=loss_fn, data=data, source=source,
             tok=tok, cfg=cfg, pos=pos, log=log, save=save, frozen=frozen, report=report,
             world=world)
     return last[-1] if last else None
+
+
+def _run_logdir(cfg: TrainConfig, run_: Run) -> Path | None:
+    """The run's TensorBoard folder: ``tensorboard_dir/<run>`` (one TensorBoard run per run)."""
+    if cfg.tensorboard_dir is None:
+        return None
+    return Path(cfg.tensorboard_dir) / run_.name if run_.name else Path(cfg.tensorboard_dir)
+
+
+def _logs_exist(cfg: TrainConfig):
+    """For a new run's default name: is that name's TensorBoard folder taken already?"""
+    return lambda name: cfg.tensorboard_dir is not None and (Path(cfg.tensorboard_dir) / name).exists()
+
+
+def _say_run(cfg: TrainConfig, run_: Run, *, resumed: bool, report) -> None:
+    """The run's name and folders, once at its start; and where earlier runs' checkpoints are."""
+    logs = f", logs in {_run_logdir(cfg, run_)}" if cfg.tensorboard_dir is not None else ""
+    what = "resuming run" if resumed else "run"
+    report(f"[{cfg.task}] {what} {run_.name or '(from before run names)'}: checkpoints in {run_.path}{logs}")
+    earlier = [r.name or "(steps from before run names)" for r in list_runs(Path(cfg.out_dir))
+               if r.path != run_.path]
+    if earlier:
+        shown = ", ".join(earlier[-3:]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
+        keep = f"--keep_runs {cfg.keep_runs} removes all but the newest" if cfg.keep_runs else \
+            "kept; --keep_runs N keeps only the newest N"
+        report(f"[{cfg.task}] earlier runs in {cfg.out_dir}: {shown} ({keep})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

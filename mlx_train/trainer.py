@@ -241,7 +241,7 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
     win_loss, win_metrics, win_micro, win_tokens = mx.array(0.0), {}, 0, 0
     win_start = time.perf_counter()
     tokens_seen = 0            # by this process (a resumed run counts from its restart)
-    log.describe(_run_description(cfg, model), metrics=("eval/loss",))
+    log.describe(_run_description(cfg, model))
     epoch_before = pos.epoch
     model.train()
     while pos.step < total:

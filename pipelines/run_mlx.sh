@@ -18,19 +18,24 @@ Arguments after -- go to every training stage (e.g. -- --preset small --max_step
 
 Options:
   --smoke-test      tiny model, a few steps, bundled data (about a minute on 2 cores)
-  --skip-pretrain   skip pretraining (SFT starts from \$OUT_DIR/pretrain if it holds a checkpoint)
+  --skip-pretrain   skip pretraining (SFT starts from \$OUT_DIR/pretrain if it holds a checkpoint:
+                    its newest run's latest step)
   --skip-sft        skip SFT
   --run-dpo         run DPO after SFT (preference pairs, frozen reference model)
   --run-r1          run R1 reasoning SFT (<think>...</think><answer>...</answer>)
   --skip-infer      no inference sample at the end
-  --infer-only      no training: sample from the last stage's checkpoint under \$OUT_DIR
+  --infer-only      no training: sample from the last stage's newest run under \$OUT_DIR
                     (r1, else dpo, else sft, else pretrain)
   -h, --help        this text
 
 Environment (defaults in brackets):
   SKIP_PRETRAIN, SKIP_SFT, RUN_DPO, RUN_R1   same as the flags, 1 = on [0]
-  TF_DIR     TensorBoard logs, one folder per stage [./tf_dir]; empty: no logs
-  OUT_DIR    checkpoints, one folder per stage [./out]
+  RUN_NAME   this run's name, shared by its stages [the start time, e.g. 20261206-103000]
+  TF_DIR     TensorBoard logs: \$TF_DIR/<stage>/<run> [./tf_dir]; empty: no logs
+  OUT_DIR    checkpoints: \$OUT_DIR/<stage>/<run>/step_N; \$OUT_DIR/<stage> itself is the
+             latest saved model [./out]
+  KEEP_RUNS  keep the checkpoints of only the newest N runs per stage, removing older
+             runs' folders [empty: keep every run; their logs are always kept]
   DATA_DIR   bundled data, generated on first use [./data]
   PRETRAIN_DATA, SFT_DATA, DPO_DATA, R1_DATA   JSONL files [\$DATA_DIR/<stage>.jsonl]
   INFER_PROMPT   prompt for the inference sample
@@ -52,6 +57,10 @@ TensorBoard auto-start ([tb] auto-start):
 Everything that can be checked is checked before the venv, data or training: the TB_*
 variables, the training arguments (python -m mlx_train.train --check), and for --infer-only
 a checkpoint to sample from.
+
+Every run is its own: each stage starts from the checkpoint the stage before it wrote in
+this run, and the sample comes from this run's last stage. To continue an interrupted run:
+RUN_NAME=<its name> ${0##*/} -- --resume (with --skip-... for the stages it finished).
 
 Exit status: 0 done, 1 no checkpoint to sample from, a failing stage's own status,
 2 bad usage (a flag, a TB_* value or a training argument), 130 interrupted.
@@ -103,6 +112,11 @@ settings() {
   DPO_DATA=${DPO_DATA:-$DATA_DIR/dpo.jsonl}
   R1_DATA=${R1_DATA:-$DATA_DIR/r1.jsonl}
   INFER_PROMPT=${INFER_PROMPT:-What is 12 + 7?}
+  RUN_NAME=${RUN_NAME:-}
+  KEEP_RUNS=${KEEP_RUNS:-}
+  RUN_ARGS=()
+  [[ -n "$KEEP_RUNS" ]] && RUN_ARGS+=(--keep_runs "$KEEP_RUNS")
+  [[ -n "$RUN_NAME" ]] && RUN_ARGS+=(--run_name "$RUN_NAME")
   # MLX_LAUNCH: mlx.launch's options (a leading "mlx.launch" word is allowed), split on spaces
   LAUNCH=()
   read -r -a LAUNCH <<<"${MLX_LAUNCH:-}"
@@ -142,7 +156,7 @@ check_training_args() {
   local stage
   for stage in ${PLANNED[@]+"${PLANNED[@]}"}; do
     "$PY" -m mlx_train.train --check --task "$stage" --data_path "$(data_for "$stage")" \
-      ${COMMON[@]+"${COMMON[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} || exit 2
+      ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} ${COMMON[@]+"${COMMON[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} || exit 2
   done
 }
 
@@ -173,9 +187,36 @@ ensure_data() {
   done
 }
 
+# name_run — this run's name, once, before its first stage: RUN_NAME, or the start time with -2,
+# -3… while a run of that name exists under $OUT_DIR or $TF_DIR. A default name is reserved by
+# creating its folder for the first stage (mkdir fails if another run took it this second).
+name_run() {
+  if [[ -z "$RUN_NAME" ]]; then
+    local base n=1 first="$OUT_DIR/${PLANNED[0]}"
+    base=$(date +%Y%m%d-%H%M%S)
+    RUN_NAME=$base
+    mkdir -p "$first"
+    until ! run_exists "$RUN_NAME" && mkdir "$first/$RUN_NAME" 2>/dev/null; do
+      n=$((n + 1))
+      RUN_NAME="$base-$n"
+    done
+    RUN_ARGS+=(--run_name "$RUN_NAME")
+  fi
+  local logs="" stages
+  stages=$(IFS=,; printf '%s' "${PLANNED[*]}")
+  [[ -n "$TF_DIR" ]] && logs=", logs in $TF_DIR/{$stages}/$RUN_NAME"
+  info "run $RUN_NAME: checkpoints in $OUT_DIR/{$stages}/$RUN_NAME$logs"
+}
+
+# run_exists NAME — a run of that name has a folder under $OUT_DIR or $TF_DIR (any stage).
+run_exists() {
+  compgen -G "$OUT_DIR/*/$1" >/dev/null || { [[ -n "$TF_DIR" ]] && compgen -G "$TF_DIR/*/$1" >/dev/null; }
+}
+
+TRAINED=""   # the stages this run trained, space-separated
 LAST_OUT=""
 
-# train STAGE TASK DATA [INIT_FROM] — one training stage; logs to $TF_DIR/STAGE.
+# train STAGE TASK DATA [INIT_FROM] — one training stage of this run; logs to $TF_DIR/STAGE/$RUN_NAME.
 train() {
   local stage=$1 task=$2 data=$3 init=${4:-}
   local args=(--task "$task" --data_path "$data" --out_dir "$OUT_DIR/$stage")
@@ -188,15 +229,22 @@ train() {
     launcher=("$PY" -m mlx_train.launch "${LAUNCH[@]}")
   fi
   # ${a[@]+"${a[@]}"}: an empty array is fine under set -u in bash before 4.4 (macOS) too
-  run_child ${launcher[@]+"${launcher[@]}"} "$PY" -m mlx_train.train "${args[@]}" \
+  run_child ${launcher[@]+"${launcher[@]}"} "$PY" -m mlx_train.train "${args[@]}" ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} \
     ${COMMON[@]+"${COMMON[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
-  LAST_OUT="$OUT_DIR/$stage"
+  TRAINED+=" $stage"
+  LAST_OUT="$OUT_DIR/$stage/$RUN_NAME"
 }
 
-# previous STAGE... — the first stage folder that holds a checkpoint (empty if none).
+# previous STAGE... — where the next stage starts: the first STAGE this run trained (its
+# folder of this run: exactly the checkpoint it wrote last), else the first stage folder that
+# holds a checkpoint (its newest run's latest step); empty if none.
 previous() {
   local stage
   for stage in "$@"; do
+    if [[ " $TRAINED " == *" $stage "* ]]; then
+      printf '%s' "$OUT_DIR/$stage/$RUN_NAME"
+      return 0
+    fi
     if has_checkpoint "$OUT_DIR/$stage"; then
       printf '%s' "$OUT_DIR/$stage"
       return 0
@@ -247,6 +295,7 @@ main() {
   fi
   check_training_args
   ensure_data
+  ((${#PLANNED[@]})) && name_run
   # [tb] auto-start: watch $TF_DIR; TensorBoard starts when this run first writes event data.
   if [[ -n "$TF_DIR" ]] && ((${#PLANNED[@]})); then
     tb_autostart "$TF_DIR"

@@ -39,8 +39,9 @@ ensure_env() {
   info "set up $REPO/.venv in $((SECONDS - started)) s"
 }
 
-# has_checkpoint DIR — true if DIR holds a finished step_* checkpoint.
-has_checkpoint() { compgen -G "$1/step_*/config.json" >/dev/null; }
+# has_checkpoint DIR — true if stage folder DIR holds a finished step_* checkpoint of a run
+# (DIR/<run>/step_*, or DIR/step_* from before run names).
+has_checkpoint() { compgen -G "$1/*/step_*/config.json" >/dev/null || compgen -G "$1/step_*/config.json" >/dev/null; }
 
 # stop_child PID — ask a background child to end (SIGTERM) and wait for it. Safe on "".
 stop_child() {
