@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,31 +165,47 @@ def default_run_name(now: float | None = None) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
 
 
-def claim_run(out_dir: Path, *, name: str | None, taken: Callable[[str], bool] = lambda name: False) -> Run:
-    """Create the folder of a new run in stage folder ``out_dir`` and return it.
+def claim_run(out_dir: Path, *, name: str | None, logs: Path | None = None) -> Run:
+    """Create the folder of a new run in stage folder ``out_dir`` (and in TensorBoard folder
+    ``logs``, if given) and return the run.
 
     With ``name``, that run must not have checkpoints yet (an empty folder — reserved by a
     pipeline — is fine): ``CheckpointError`` otherwise, nothing is touched. Without, the name is
-    the start time, with ``-2``, ``-3``… while that folder exists or ``taken(name)`` says so
-    (e.g. its TensorBoard folder); the folder is created exclusively, so two runs starting in
-    the same second get two names."""
+    the start time, with ``-2``, ``-3``… while either folder exists; both are created
+    exclusively, so two runs starting in the same second get two names even when they share
+    only the TensorBoard folder."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if logs is not None:
+        Path(logs).mkdir(parents=True, exist_ok=True)
     if name is not None:
         path = out_dir / name
         if list_checkpoints(path):
             raise CheckpointError(f"run {name} already has checkpoints in {path}: --resume continues "
                                   "it; give another --run_name, or remove that folder to start it over")
         path.mkdir(exist_ok=True)
+        if logs is not None:
+            (Path(logs) / name).mkdir(exist_ok=True)
         return Run(name, path)
     base = default_run_name()
     for n in range(1, 10_000):
         candidate = base if n == 1 else f"{base}-{n}"
-        if taken(candidate):
-            continue
-        try:
-            (out_dir / candidate).mkdir()
-        except FileExistsError:
-            continue
-        return Run(candidate, out_dir / candidate)
+        if _claim(out_dir / candidate, None if logs is None else Path(logs) / candidate):
+            return Run(candidate, out_dir / candidate)
     raise CheckpointError(f"{out_dir}: no free run name after {base}-9999")
+
+
+def _claim(folder: Path, log_folder: Path | None) -> bool:
+    """Create both folders, neither existing before; False (nothing left behind) if one did."""
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return False
+    if log_folder is None:
+        return True
+    try:
+        log_folder.mkdir()
+    except FileExistsError:
+        folder.rmdir()
+        return False
+    return True

@@ -161,7 +161,7 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
                         f"in {cfg.data_path} ({len(records)} lines)")
     if world.is_main:
         clean_leftovers(out_dir)    # what interrupted saves of earlier runs left
-        run_ = resumed or claim_run(out_dir, name=cfg.run_name, taken=_logs_exist(cfg))
+        run_ = resumed or claim_run(out_dir, name=cfg.run_name, logs=cfg.tensorboard_dir)
         _say_run(cfg, run_, resumed=resumed is not None, report=report)
     else:     # writes nothing: the name only labels what rank 0 saves
         name = resumed.name if resumed else cfg.run_name or ""
@@ -282,11 +282,6 @@ def _run_logdir(cfg: TrainConfig, run_: Run) -> Path | None:
     if cfg.tensorboard_dir is None:
         return None
     return Path(cfg.tensorboard_dir) / run_.name if run_.name else Path(cfg.tensorboard_dir)
-
-
-def _logs_exist(cfg: TrainConfig):
-    """For a new run's default name: is that name's TensorBoard folder taken already?"""
-    return lambda name: cfg.tensorboard_dir is not None and (Path(cfg.tensorboard_dir) / name).exists()
 
 
 def _say_run(cfg: TrainConfig, run_: Run, *, resumed: bool, report) -> None:

@@ -17,8 +17,9 @@ import pytest
 from conftest import REPO, free_port
 
 from mlx_train import train
-from mlx_train.checkpoint import clean_leftovers, find_checkpoint, list_checkpoints, publish
+from mlx_train.checkpoint import clean_leftovers, publish
 from mlx_train.datagen import write_all
+from mlx_train.runs import find_checkpoint, list_checkpoints
 
 TINY = ["--preset", "tiny", "--hidden_size", "64", "--num_heads", "4", "--intermediate_size", "128",
         "--seq_len", "64", "--batch_size", "4", "--vocab_size", "512", "--warmup_steps", "1",
@@ -50,7 +51,7 @@ def sft(tmp_path_factory) -> tuple[Path, Path]:
     os.environ["TB_AUTO"] = "0"
     try:
         rc = train.main(["--task", "sft", "--data_path", str(data), "--out_dir", str(out), "--max_steps", "4",
-                         "--save_interval", "2", "--eval_interval", "100", *TINY])
+                         "--save_interval", "2", "--eval_interval", "100", "--run_name", "r", *TINY])
     finally:
         os.environ.pop("TB_AUTO") if old is None else os.environ.__setitem__("TB_AUTO", old)
     assert rc == 0
@@ -59,7 +60,7 @@ def sft(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_stage_folder_is_the_latest_step_as_a_model(sft):
     out, _ = sft
-    latest = list_checkpoints(out)[-1]
+    latest = list_checkpoints(out / "r")[-1]        # run r's series
     assert latest.name == "step_0000004"
     assert STAGE_FILES <= {p.name for p in out.iterdir()}
     assert not (out / "optimizer.safetensors").exists() and not (out / "trainer_state.json").exists()
@@ -82,7 +83,7 @@ def test_mlx_lm_generate_and_our_infer_take_the_stage_folder(sft, tmp_path):
     ours = run(tmp_path, "-m", "mlx_train.infer", "--checkpoint", str(out), "--prompt", "What is 2 plus 3?",
                "--chat", "--max_tokens", "4")
     assert ours.returncode == 0, ours.stderr[-2000:]
-    assert "step_0000004" in ours.stderr
+    assert f"{out / 'r' / 'step_0000004'} (run r, step 4)" in ours.stderr
 
 
 def test_mlx_lm_server_serves_the_stage_folder(sft, tmp_path):

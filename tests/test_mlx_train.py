@@ -13,14 +13,15 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlx_train import train
-from mlx_train.checkpoint import find_checkpoint, list_checkpoints
 from mlx_train.datagen import write_all
+from mlx_train.runs import find_checkpoint, list_checkpoints
 
 TINY = ["--preset", "tiny", "--hidden_size", "64", "--num_heads", "4", "--intermediate_size",
         "128", "--seq_len", "64", "--batch_size", "8", "--vocab_size", "512", "--warmup_steps", "2"]
 REQUIRED = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/step_time",
             "train/epoch", "train/tokens_seen", "train/peak_memory_gb", "eval/loss", "eval/ppl",
             "eval/runtime"}
+RUN = "run1"        # run_train's run name: checkpoints in out/RUN/, logs in tb/RUN/
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +41,12 @@ def no_tensorboard(monkeypatch):
 
 def run_train(tmp: Path, task: str, data_path: Path, *extra: str, name: str = "run",
               tb: bool = True) -> tuple[int, Path, Path]:
+    """Train run RUN into ``tmp/name``: exit code, the stage folder, the run's TensorBoard folder."""
     out, tbdir = tmp / name / "out", tmp / name / "tb"
-    argv = ["--task", task, "--data_path", str(data_path), "--out_dir", str(out), *TINY]
+    argv = ["--task", task, "--data_path", str(data_path), "--out_dir", str(out), "--run_name", RUN, *TINY]
     if tb:
         argv += ["--tensorboard_dir", str(tbdir)]
-    return train.main(argv + list(extra)), out, tbdir
+    return train.main(argv + list(extra)), out, tbdir / RUN
 
 
 def read_scalars(tbdir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -103,19 +105,19 @@ def test_resume_continues_at_same_step_with_identical_loss(tmp_path, data):
     rc, out, tbdir = run_train(tmp_path, "sft", data["sft"], *args)
     assert rc == 0
     full = dict(read_scalars(tbdir)["train/loss"])
-    assert [p.name for p in list_checkpoints(out)] == ["step_0000003", "step_0000006"]
+    assert [p.name for p in list_checkpoints(out / RUN)] == ["step_0000003", "step_0000006"]
     # as if the run had been killed after its step-3 checkpoint
     import shutil
-    shutil.rmtree(out / "step_0000006")
+    shutil.rmtree(out / RUN / "step_0000006")
     rc = train.main(["--task", "sft", "--data_path", str(data["sft"]), "--out_dir", str(out),
                      "--tensorboard_dir", str(tmp_path / "tb_resumed"), "--resume", *TINY, *args])
     assert rc == 0
-    resumed = dict(read_scalars(tmp_path / "tb_resumed")["train/loss"])
+    resumed = dict(read_scalars(tmp_path / "tb_resumed" / RUN)["train/loss"])   # the run it resumed
     assert sorted(resumed) == [4, 5, 6]
     for step in (4, 5, 6):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
-    state = json.loads((out / "step_0000006" / "trainer_state.json").read_text())
-    assert state["step"] == 6
+    state = json.loads((out / RUN / "step_0000006" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["run_name"] == RUN
 
 
 def test_dpo_accuracy_rises_above_chance(tmp_path, data):
@@ -156,16 +158,16 @@ def test_init_from_takes_latest_step_and_carries_tokenizer(tmp_path, data):
     assert rc == 0
     assert not (sft / "tokenizer").exists()        # no new tokenizer: the checkpoint's is used
     assert (find_checkpoint(sft) / "tokenizer.json").read_bytes() == \
-        (pre / "step_0000004" / "tokenizer.json").read_bytes()
+        (pre / RUN / "step_0000004" / "tokenizer.json").read_bytes()
     state = json.loads((find_checkpoint(sft) / "trainer_state.json").read_text())
-    assert state["init_from"] == str(pre / "step_0000004")
+    assert state["init_from"] == str(pre / RUN / "step_0000004")
 
 
 def test_no_event_file_without_tensorboard_dir(tmp_path, data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc, out, _ = run_train(tmp_path, "pretrain", data["pretrain"], "--max_steps", "2",
                            "--log_interval", "1", "--eval_batches", "1", tb=False)
-    assert rc == 0 and list_checkpoints(out)
+    assert rc == 0 and list_checkpoints(out / RUN)
     assert event_files(tmp_path) == []
 
 

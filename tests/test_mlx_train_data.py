@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from mlx_train import data as data_mod
-from mlx_train.checkpoint import CheckpointError, find_checkpoint
 from mlx_train.config import UsageError, resolve_config
 from mlx_train.data import ChatData, DataError, JsonlSource, PairData, make_dataset
 from mlx_train.datagen import FILES, write_all
+from mlx_train.runs import CheckpointError, find_checkpoint
 from mlx_train.tblog import TBLogger
 from mlx_train.tokenizer import Tok, train_tokenizer
 from mlx_train.trainer import get_lr

@@ -30,6 +30,7 @@ TINY = ["--preset", "tiny", "--hidden_size", "64", "--num_heads", "4", "--interm
         "--seq_len", "64", "--vocab_size", "512", "--warmup_steps", "0", "--min_lr_ratio", "1",
         "--log_interval", "1", "--eval_interval", "3", "--save_interval", "3", "--eval_batches", "2",
         "--sample_tokens", "8", "--keep_last", "10"]
+RUN = "r"          # the run every trainer() here trains or resumes
 
 
 def ring_port() -> int:
@@ -57,8 +58,9 @@ def launcher(n: int = 2) -> list[str]:
 
 
 def trainer(task: str, data: Path, root: Path, *extra: str, tb: bool = True) -> list[str]:
+    """Run RUN: checkpoints in root/out/RUN, logs in root/tb/RUN (a --resume continues it)."""
     argv = [sys.executable, "-m", "mlx_train.train", "--task", task, "--data_path", str(data),
-            "--out_dir", str(root / "out"), *TINY, *extra]
+            "--out_dir", str(root / "out"), "--run_name", RUN, *TINY, *extra]
     return argv + (["--tensorboard_dir", str(root / "tb")] if tb else [])
 
 
@@ -137,7 +139,7 @@ def printed_losses(stderr: str) -> dict[int, float]:
 
 
 def test_two_ranks_train_as_one_process_with_the_global_batch(pretrain):
-    ref, two = scalars(pretrain["single"] / "tb"), scalars(pretrain["dp"] / "tb")
+    ref, two = scalars(pretrain["single"] / "tb" / RUN), scalars(pretrain["dp"] / "tb" / RUN)
     assert_close(two["train/loss"], ref["train/loss"], range(1, 7))
     assert_close(two["train/grad_norm"], ref["train/grad_norm"], range(1, 7))
     assert_close(two["eval/loss"], ref["eval/loss"], range(3, 7, 3))
@@ -153,9 +155,12 @@ def test_rank_0_alone_writes_logs_checkpoints_and_progress(pretrain):
     stage_model = {"out/config.json", "out/model.safetensors", "out/train_config.json", "out/tokenizer.json",
                    "out/tokenizer_config.json", "out/special_tokens_map.json"}  # the stage folder is a model too
     assert {p for p in pretrain["written"] if p.startswith("out/") and p.count("/") == 1} == \
-        {"out/step_0000003", "out/step_0000006", "out/tokenizer"} | stage_model
+        {f"out/{RUN}", "out/tokenizer"} | stage_model
+    assert {p for p in pretrain["written"] if p.startswith(f"out/{RUN}/") and p.count("/") == 2} == \
+        {f"out/{RUN}/step_0000003", f"out/{RUN}/step_0000006"}
     assert strays() == [], "a rank left a temporary file"
-    assert not any(name.startswith(".") for name in os.listdir(dp / "out")), "leftover temporaries"
+    assert not any(name.startswith(".") for name in os.listdir(dp / "out") + os.listdir(dp / "out" / RUN)), \
+        "leftover temporaries"
     assert two.stdout == ""                                   # progress goes to stderr
     for line in ("step 1/6 ", "eval step 3 ", "saved ", "tokenizer: trained", "[blas]"):
         count = two.stderr.count(line)
@@ -165,15 +170,15 @@ def test_rank_0_alone_writes_logs_checkpoints_and_progress(pretrain):
 def test_two_rank_checkpoint_loads_in_mlx_lm_and_resumes_in_one_process(pretrain):
     from mlx_lm import generate, load
 
-    model, tokenizer = load(str(pretrain["dp"] / "out" / "step_0000006"))
+    model, tokenizer = load(str(pretrain["dp"] / "out" / RUN / "step_0000006"))
     assert isinstance(generate(model, tokenizer, prompt="The", max_tokens=4), str)
 
     resumed = pretrain["resumed"]
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stderr and "at step 6" in resumed.stderr
+    assert f"resuming {pretrain['dp'] / 'out' / RUN / 'step_0000006'} (run {RUN}, step 6)" in resumed.stderr
     # the same data position and weights: steps 7 and 8 give the one-process run's losses
     losses = printed_losses(resumed.stderr)
-    ref = scalars(pretrain["single"] / "tb")["train/loss"]
+    ref = scalars(pretrain["single"] / "tb" / RUN)["train/loss"]
     for step in (7, 8):
         assert losses[step] == pytest.approx(ref[step], abs=1e-4)   # printed to 4 decimals
 
@@ -181,11 +186,11 @@ def test_two_rank_checkpoint_loads_in_mlx_lm_and_resumes_in_one_process(pretrain
 def test_two_ranks_resume_at_the_same_position(pretrain):
     resumed = pretrain["resumed_two"]
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stderr.count("at step 8") == 1          # said once, by rank 0
-    state = json.loads((pretrain["dp"] / "out" / "step_0000010" / "trainer_state.json").read_text())
-    ref_state = json.loads((pretrain["single"] / "out" / "step_0000010" / "trainer_state.json").read_text())
+    assert resumed.stderr.count(f"(run {RUN}, step 8)") == 1          # said once, by rank 0
+    state = json.loads((pretrain["dp"] / "out" / RUN / "step_0000010" / "trainer_state.json").read_text())
+    ref_state = json.loads((pretrain["single"] / "out" / RUN / "step_0000010" / "trainer_state.json").read_text())
     assert {k: state[k] for k in ("step", "epoch", "batch")} == {k: ref_state[k] for k in ("step", "epoch", "batch")}
-    losses, ref = printed_losses(resumed.stderr), scalars(pretrain["single"] / "tb")["train/loss"]
+    losses, ref = printed_losses(resumed.stderr), scalars(pretrain["single"] / "tb" / RUN)["train/loss"]
     for step in (9, 10):
         assert losses[step] == pytest.approx(ref[step], abs=1e-4)
 
@@ -195,7 +200,7 @@ def test_dpo_with_its_frozen_reference_under_two_ranks(tmp_path, data):
     ref = run(trainer("dpo", data["dpo"], tmp_path / "single", *args), tmp_path / "single")
     two = run(launcher() + trainer("dpo", data["dpo"], tmp_path / "dp", *args), tmp_path / "dp")
     assert ref.returncode == 0 and two.returncode == 0, two.stderr
-    want, got = scalars(tmp_path / "single" / "tb"), scalars(tmp_path / "dp" / "tb")
+    want, got = scalars(tmp_path / "single" / "tb" / RUN), scalars(tmp_path / "dp" / "tb" / RUN)
     for tag in ("train/loss", "dpo/accuracy", "dpo/reward_margin"):
         assert_close(got[tag], want[tag], range(1, 4))
 
@@ -267,7 +272,7 @@ def test_pipeline_runs_every_stage_under_mlx_launch_and_starts_tensorboard_once(
     urls = [line for line in result.stdout.splitlines() if line.startswith("[tensorboard] ")]
     assert len(urls) == 1, result.stdout
     for stage in ("pretrain", "sft"):
-        assert len(list((tmp_path / "tf_dir" / stage).glob("*tfevents*"))) == 1
-        assert [p.name for p in (tmp_path / "out" / stage).glob("step_*")] == ["step_0000004"]
+        assert len(list((tmp_path / "tf_dir" / stage).glob("*/*tfevents*"))) == 1     # <stage>/<run>/
+        assert [p.name for p in (tmp_path / "out" / stage).glob("*/step_*")] == ["step_0000004"]
         assert result.stderr.count(f"[{stage}] step 4/4 ") == 1
     assert len(tensorboard_pids(tmp_path)) == 1

@@ -31,6 +31,8 @@ from conftest import (
     wait_for,
 )
 
+from mlx_train.runs import find_checkpoint
+
 RUN_MLX = REPO / "pipelines" / "run_mlx.sh"
 DISTILL = REPO / "pipelines" / "run_mlx_distill_ollama.sh"
 URL_LINE = re.compile(r"^\[tensorboard\] (http://127\.0\.0\.1:\d+) \(pid=(\d+)\)$", re.M)
@@ -78,9 +80,10 @@ def test_smoke_pipeline_prints_one_url_and_serves_every_stage(smoke):
     assert get_json(f"{url}/data/environment")["data_location"] == env["TF_DIR"]
     wanted = {"train/loss", "train/lr", "eval/loss"}
 
-    def every_stage_served():
+    def every_stage_served():     # TensorBoard runs are <stage>/<run name>
         tags = get_json(f"{url}/data/plugin/scalars/tags")
-        return all(wanted <= set(tags.get(stage, ())) for stage in ("pretrain", "sft")) and tags
+        return all(any(wanted <= set(t) for run, t in tags.items() if run.startswith(f"{stage}/"))
+                   for stage in ("pretrain", "sft")) and tags
 
     # TensorBoard reloads every few seconds: the last stage's last scalars may need one more.
     assert wait_for(every_stage_served, timeout=30), get_json(f"{url}/data/plugin/scalars/tags")
@@ -131,7 +134,7 @@ def test_auto_off_trains_without_tensorboard(own_root):
     env = pipeline_env(own_root, TB_AUTO="0", SKIP_SFT="1")
     result = run(RUN_MLX, "--smoke-test", "--skip-infer", env=env, cwd=own_root)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert list((own_root / "tf_dir" / "pretrain").glob("*tfevents*")), "training still logs"
+    assert list((own_root / "tf_dir" / "pretrain").glob("*/*tfevents*")), "training still logs"
     assert "[tensorboard]" not in result.stdout
     assert tensorboard_pids(own_root) == [] and watchers_under(own_root) == []
 
@@ -245,7 +248,8 @@ def test_a_second_run_that_trains_says_each_thing_once_on_0000_over_ssh(after_a_
     assert sum("authentication" in line for line in stderr) == 1, result.stderr
     assert sum(f"ssh -N -L {port}:127.0.0.1:{port}" in line for line in stderr) == 1, result.stderr
     runs = wait_for(lambda: get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags"), timeout=30)
-    assert {"pretrain", "sft"} <= set(runs), "TensorBoard serves all of TF_DIR, the earlier runs too"
+    stages = {run.split("/")[0] for run in runs}
+    assert {"pretrain", "sft"} <= stages, "TensorBoard serves all of TF_DIR, the earlier runs too"
 
 
 # ---- distillation ------------------------------------------------------------------------------
@@ -259,7 +263,7 @@ def teacher(smoke):
     port = free_port()
     hub = root / "hf-cache"
     hub.mkdir(exist_ok=True)
-    checkpoint = max((root / "out" / "sft").glob("step_*"))  # mlx_lm takes one checkpoint folder
+    checkpoint = find_checkpoint(root / "out" / "sft")  # mlx_lm takes one checkpoint folder
     server = Proc(
         [sys.executable, "-m", "mlx_lm.server", "--model", str(checkpoint), "--host", "127.0.0.1",
          "--port", str(port)],
@@ -302,7 +306,7 @@ def test_distill_from_an_openai_compatible_teacher(teacher, smoke, tmp_path):
         tags = wait_for(lambda: get_json(f"{urls[0][0]}/data/plugin/scalars/tags"), timeout=30)
         assert tags and "train/loss" in next(iter(tags.values()))
         assert len(tensorboard_pids(run_root)) == 1
-        assert list((run_root / "out" / "distill").glob("step_*/model.safetensors"))
+        assert list((run_root / "out" / "distill").glob("*/step_*/model.safetensors"))
         assert watchers_under(run_root) == [] and pids_mentioning("mlx_train.distill") == []
     finally:
         leaked = stop_everything_under(run_root, env)
@@ -335,7 +339,7 @@ def test_distill_names_the_models_a_real_openai_teacher_serves(teacher, smoke, o
     )
     assert result.returncode == 3, result.stderr
     lines = result.stderr.strip().splitlines()
-    served = str(max((root / "out" / "sft").glob("step_*")).resolve())
+    served = str(find_checkpoint(root / "out" / "sft").resolve())
     assert len(lines) == 1 and "'no-such-model' is not served" in lines[0] and served in lines[0], lines
     assert "--api ollama" not in lines[0] and not out.exists()
 

@@ -46,7 +46,8 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data) -> Path:
-    """Two 4-step pretraining runs (learning rates 1e-3 and 3e-3) under ``tb/a`` and ``tb/b``."""
+    """Two 4-step pretraining runs (learning rates 1e-3 and 3e-3), runs ``a`` and ``b`` logging
+    under ``tb/a`` and ``tb/b`` (``tb/<run>``: one TensorBoard folder holds every run)."""
     root = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as patch:  # module scope comes before the autouse fixture above
         patch.setenv("TB_AUTO", "0")
@@ -57,7 +58,7 @@ def runs(tmp_path_factory, data) -> Path:
 
 def _train_one(root: Path, data: dict[str, Path], name: str, lr: float) -> None:
     rc = train.main(["--task", "pretrain", "--data_path", str(data["pretrain"]),
-                     "--out_dir", str(root / "out" / name), "--tensorboard_dir", str(root / "tb" / name),
+                     "--out_dir", str(root / "out"), "--tensorboard_dir", str(root / "tb"), "--run_name", name,
                      "--learning_rate", str(lr), "--max_steps", "4", "--log_interval", "2",
                      "--eval_interval", "2", *TINY])
     assert rc == 0
@@ -93,10 +94,10 @@ def test_epoch_counts_whole_epochs_at_their_ends(tmp_path, data):
     small.write_text("".join(data["sft"].read_text(encoding="utf-8").splitlines(keepends=True)[:60]),
                      encoding="utf-8")
     rc = train.main(["--task", "sft", "--data_path", str(small), "--out_dir", str(tmp_path / "out"),
-                     "--tensorboard_dir", str(tmp_path / "tb"), "--epochs", "2", "--log_interval", "7",
-                     "--eval_interval", "100", "--save_interval", "100", *TINY])
+                     "--tensorboard_dir", str(tmp_path / "tb"), "--run_name", "e", "--epochs", "2",
+                     "--log_interval", "7", "--eval_interval", "100", "--save_interval", "100", *TINY])
     assert rc == 0
-    epochs = scalars(accumulator(tmp_path / "tb"))["train/epoch"]
+    epochs = scalars(accumulator(tmp_path / "tb" / "e"))["train/epoch"]
     assert [(s, pytest.approx(v)) for s, v in epochs] == [(7, 1.0), (14, 2.0)]
 
 
@@ -116,9 +117,11 @@ def test_config_text_and_hparams_describe_the_run(runs):
     assert start.hparams["task"].string_value == "pretrain"
     assert start.hparams["init_from"].string_value == ""         # None: still a column, of strings
     assert start.hparams["resume"].bool_value is False
-    experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
-    assert [m.name.tag for m in experiment.metric_infos] == ["eval/loss"]
-    assert {h.name for h in experiment.hparam_infos} == set(start.hparams)
+    assert start.hparams["run_name"].string_value == "b"
+    assert "out_dir" not in start.hparams and "tensorboard_dir" not in start.hparams   # in the text only
+    assert config["out_dir"] and "tensorboard_dir" in config
+    # no experiment record: TensorBoard works out the columns, the differing ones first
+    assert hparams_metadata.EXPERIMENT_TAG not in content
     end = hparams_metadata.parse_session_end_info_plugin_data(content[hparams_metadata.SESSION_END_INFO_TAG])
     assert end.status == api_pb2.STATUS_SUCCESS
 
@@ -191,15 +194,23 @@ def test_hparams_api_lists_each_run_with_its_final_eval_loss(tb_env, runs):
         group = groups[name]
         assert group["hparams"]["learning_rate"] == pytest.approx(lr)
         assert group["hparams"]["task"] == "pretrain"
-        [metric] = group["metricValues"]
+        [metric] = [m for m in group["metricValues"] if m["name"]["tag"] == "eval/loss"]
         final_step, final_loss = scalars(accumulator(runs / name))["eval/loss"][-1]
-        assert metric["name"]["tag"] == "eval/loss"
         assert metric["trainingStep"] == final_step == 4
         assert metric["value"] == pytest.approx(final_loss)
         assert [s["status"] for s in group["sessions"]] == ["STATUS_SUCCESS"]
     experiment = post_json(url + "/data/plugin/hparams/experiment", {})
-    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["eval/loss"]
+    assert "eval/loss" in [m["name"]["tag"] for m in experiment["metricInfos"]]
     assert {"learning_rate", "task", "model.hidden_size"} <= {h["name"] for h in experiment["hparamInfos"]}
+    # the HPARAMS table ticks the first five columns of this list, and the ones that differ come first
+    assert default_columns(experiment) == ["learning_rate", "run_name"]
+
+
+def default_columns(experiment: dict) -> list[str]:
+    """The hyper-parameters the HPARAMS table shows without a click: its first five, the ones
+    that differ between the runs first (what TensorBoard's frontend does), if they differ."""
+    infos = sorted(experiment["hparamInfos"], key=lambda h: not h.get("differs", False))[:5]
+    return [h["name"] for h in infos if h.get("differs")]
 
 
 def test_hparams_tab_in_headless_chromium(tb_env, runs, tmp_path):

@@ -19,9 +19,9 @@ import pytest
 from conftest import REPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mlx_train.checkpoint import list_checkpoints
 from mlx_train.data import JsonlSource
 from mlx_train.datagen import FILES, write_all
+from mlx_train.runs import list_checkpoints
 
 pytestmark = pytest.mark.faults
 
@@ -96,10 +96,12 @@ def plant(path: Path, *, folder: bool, age: float = 0.0) -> Path:
     return path
 
 
-# ---- item 4: two runs in one --tensorboard_dir keep two event files -------------------------
+# ---- item 4: two runs in one --tensorboard_dir keep two event files, in two TensorBoard runs -----
 
 def test_two_trainers_started_together_in_one_tensorboard_dir_keep_all_their_scalars(tmp_path, pretrain_data,
                                                                                      start):
+    """Started in the same second, both would take the same default run name (the start time):
+    the folders are claimed exclusively, so the second one becomes NAME-2."""
     tbdir = tmp_path / "tf_dir"
     common = ["-m", "mlx_train.train", *TINY, "--data_path", str(pretrain_data), "--tensorboard_dir",
               str(tbdir), "--max_steps", "6", "--log_interval", "2", "--eval_interval", "6"]
@@ -108,17 +110,15 @@ def test_two_trainers_started_together_in_one_tensorboard_dir_keep_all_their_sca
     for code, _, err in results:
         assert code == 0, err[-2000:]
 
-    files = sorted(p for p in tbdir.iterdir() if "tfevents" in p.name)
+    files = sorted(p for p in tbdir.rglob("*") if "tfevents" in p.name)
     assert len(files) == 2, [p.name for p in files]
     assert sorted(int(p.name.split(".")[-2]) for p in files) == sorted(p.pid for p in procs)
-    for path in files:                                   # each run's file holds all of that run
-        acc = EventAccumulator(str(path))
+    assert len({p.parent for p in files}) == 2 and {p.parent.parent for p in files} == {tbdir}, files
+    for path in files:      # each run's folder (a TensorBoard run of its own) holds all of that run
+        acc = EventAccumulator(str(path.parent))
         acc.Reload()
         assert [e.step for e in acc.Scalars("train/loss")] == [2, 4, 6], path.name
         assert [e.step for e in acc.Scalars("eval/loss")] == [6], path.name
-    folder = EventAccumulator(str(tbdir))                # TensorBoard reads both into one run
-    folder.Reload()
-    assert sorted(e.step for e in folder.Scalars("train/loss")) == [2, 2, 4, 4, 6, 6]
 
 
 # ---- item 6: two data generators on one folder ---------------------------------------------
@@ -176,9 +176,10 @@ def test_save_killed_midway_is_cleaned_by_the_next_run_and_resume_works(tmp_path
     """The interrupted save is real (SIGKILL in the middle of one). The live concurrent writer
     is a stand-in: a real live process that isn't writing, whose PID is put into a planted
     leftover's name (two real trainers can't be made to save into one folder at a set moment)."""
-    out = tmp_path / "out"
-    common = ["-m", "mlx_train.train", *TINY, "--data_path", str(pretrain_data), "--out_dir", str(out),
-              "--log_interval", "1000", "--eval_interval", "1000", "--save_interval", "1", "--keep_last", "2"]
+    out = tmp_path / "out" / "r"       # run r's series
+    common = ["-m", "mlx_train.train", *TINY, "--data_path", str(pretrain_data), "--out_dir", str(out.parent),
+              "--run_name", "r", "--log_interval", "1000", "--eval_interval", "1000", "--save_interval", "1",
+              "--keep_last", "2"]
     trainer = start([*common, "--max_steps", "500"])
     left = kill_mid_save(trainer, out)
     assert finish(trainer, timeout=30)[0] == -signal.SIGKILL
@@ -192,7 +193,7 @@ def test_save_killed_midway_is_cleaned_by_the_next_run_and_resume_works(tmp_path
 
     code, _, err = finish(start([*common, "--resume", "--max_steps", str(done + 2)]))
     assert code == 0, err[-2000:]
-    assert f"resuming {latest} at step {done}" in err, "progress and notes go to stderr"
+    assert f"resuming {latest} (run r, step {done})" in err, "progress and notes go to stderr"
     assert [p.name for p in list_checkpoints(out)] == [f"step_{done + 1:07d}", f"step_{done + 2:07d}"]
     state = json.loads((out / f"step_{done + 2:07d}" / "trainer_state.json").read_text())
     assert state["step"] == done + 2
