@@ -115,6 +115,30 @@ def get_json(url: str, timeout: float = 5.0):
         return json.loads(response.read())
 
 
+def post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+HPARAMS_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+
+
+def session_groups(url: str) -> dict[str, dict]:
+    """A TensorBoard's hparams session groups by run name (what its HPARAMS table lists)."""
+    reply = post_json(url + "/data/plugin/hparams/session_groups",
+                      {"startIndex": 0, "sliceSize": 100, "allowedStatuses": HPARAMS_STATUSES})
+    return {group["name"]: group for group in reply.get("sessionGroups", [])}
+
+
+def default_columns(experiment: dict) -> list[str]:
+    """The hyper-parameters a HPARAMS table shows without a click, of those that differ between
+    the runs: TensorBoard's frontend ticks the first five after putting the differing ones first."""
+    infos = sorted(experiment["hparamInfos"], key=lambda h: not h.get("differs", False))[:5]
+    return [h["name"] for h in infos if h.get("differs")]
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.1):
     """Poll ``predicate`` until it returns something truthy (returned) or time runs out (None)."""
     deadline = time.monotonic() + timeout

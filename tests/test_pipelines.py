@@ -21,11 +21,14 @@ import pytest
 from conftest import (
     REPO,
     Proc,
+    default_columns,
     free_port,
     get_json,
     isolated_env,
     pids_mentioning,
     pipeline_env,
+    post_json,
+    session_groups,
     stop_everything_under,
     tensorboard_pids,
     wait_for,
@@ -118,6 +121,73 @@ def test_infer_piped_to_head_gives_generated_text(smoke):
     assert first.stdout.strip() and first.stdout == full.stdout.splitlines(keepends=True)[0]
     assert not first.stdout.startswith("["), first.stdout
     assert "[infer] prompt: What is 12 + 7?" in first.stderr and "Traceback" not in first.stderr
+
+
+# ---- the second run in the same folders: runs never mix -------------------------------------------
+
+RUN_LINE = re.compile(r"^\[run_mlx\.sh\] run (\S+): ", re.M)
+
+
+@pytest.fixture(scope="module")
+def rerun(smoke):
+    """After the smoke run, ``run_mlx.sh --smoke-test -- --max_steps 5`` in the same folders:
+    the same TF_DIR, OUT_DIR and TensorBoard (the smoke run's, TB_KEEP=1)."""
+    root, env, first = smoke
+    assert first.returncode == 0, "the smoke run failed; nothing to run a second time over"
+    second = run(RUN_MLX, "--smoke-test", "--", "--max_steps", "5", env=env, cwd=root)
+    assert second.returncode == 0, second.stderr[-3000:]
+    [name1], [name2] = RUN_LINE.findall(first.stderr), RUN_LINE.findall(second.stderr)
+    assert name1 != name2
+    return root, env, (first, name1), (second, name2)
+
+
+def test_a_shorter_second_run_trains_from_and_samples_its_own_checkpoints(rerun):
+    root, env, (_, name1), (second, name2) = rerun
+    out = Path(env["OUT_DIR"])
+    pretrain5, sft5 = out / "pretrain" / name2 / "step_0000005", out / "sft" / name2 / "step_0000005"
+    err = second.stderr
+    assert f"from {pretrain5} (run {name2}, step 5)" in err, "SFT starts from this run's pretrain"
+    assert f"[infer] {sft5} (run {name2}, step 5)" in err, "the sample comes from this run's SFT"
+    for stage in ("pretrain", "sft"):      # the stage folder (a model for mlx_lm) is this run's step 5
+        assert (out / stage / "model.safetensors").stat().st_ino == \
+            (out / stage / name2 / "step_0000005" / "model.safetensors").stat().st_ino, stage
+        assert json.loads((out / stage / "train_config.json").read_text())["run_name"] == name2
+        # the first run's checkpoints are where they were, and the output said so
+        assert (out / stage / name1 / "step_0000040" / "model.safetensors").is_file(), stage
+        assert f"[{stage}] earlier runs in {out / stage}: {name1} (kept;" in err, stage
+    assert find_checkpoint(out / "sft") == sft5
+
+
+def test_two_runs_are_two_tensorboard_runs_with_every_point_and_a_trial_each(rerun):
+    root, _, (first, name1), (second, name2) = rerun
+    [(url, pid)] = URL_LINE.findall(first.stdout)
+    assert second.stdout.count("[tensorboard]") == 1
+    assert f"[tensorboard] {url} (pid={pid}, reused)" in second.stdout, "one TensorBoard serves both runs"
+    assert tensorboard_pids(root) == [int(pid)]
+    wanted = {f"{stage}/{name}" for stage in ("pretrain", "sft") for name in (name1, name2)}
+
+    def points(run_name: str) -> list[int]:
+        rows = get_json(f"{url}/data/plugin/scalars/scalars?run={run_name}&tag=train/loss")
+        return [step for _, step, _ in rows]
+
+    def all_loaded():
+        tags = get_json(f"{url}/data/plugin/scalars/tags")
+        return wanted <= set(tags) and all(points(r) for r in wanted)
+
+    assert wait_for(all_loaded, timeout=60), get_json(f"{url}/data/plugin/scalars/tags")
+    for stage in ("pretrain", "sft"):
+        assert points(f"{stage}/{name1}") == list(range(5, 41, 5))      # --log_interval 5 over 40 steps
+        assert points(f"{stage}/{name2}") == [5]
+
+    def trials():
+        groups = session_groups(url)
+        return groups if wanted <= set(groups) else None
+
+    groups = wait_for(trials, timeout=60)
+    assert groups and set(groups) == wanted, "HPARAMS: one trial per run and stage"
+    experiment = post_json(f"{url}/data/plugin/hparams/experiment", {})
+    shown = default_columns(experiment)
+    assert {"learning_rate", "max_steps", "run_name"} <= set(shown), shown
 
 
 def test_infer_only_starts_nothing(smoke):

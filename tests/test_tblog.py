@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import default_columns, post_json, session_groups, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
@@ -31,7 +31,6 @@ TINY = ["--preset", "tiny", "--hidden_size", "64", "--num_heads", "4", "--interm
 RATES = {"a": 1e-3, "b": 3e-3}          # two runs, side by side in one TensorBoard
 NEW_TAGS = {"train/epoch", "train/tokens_seen", "train/peak_memory_gb", "train/step_time",
             "eval/runtime"}
-ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
 
 @pytest.fixture(autouse=True)
@@ -167,20 +166,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-def post_json(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def session_groups(url: str) -> dict[str, dict]:
-    """The hparams plugin's session groups by run name (what the HPARAMS table lists)."""
-    reply = post_json(url + "/data/plugin/hparams/session_groups",
-                      {"startIndex": 0, "sliceSize": 100, "allowedStatuses": ALL_STATUSES})
-    return {group["name"]: group for group in reply.get("sessionGroups", [])}
-
-
 def both_runs_loaded(url: str) -> dict[str, dict] | None:
     groups = session_groups(url)
     return groups if set(groups) == set(RATES) and all(g["metricValues"] for g in groups.values()) else None
@@ -204,13 +189,6 @@ def test_hparams_api_lists_each_run_with_its_final_eval_loss(tb_env, runs):
     assert {"learning_rate", "task", "model.hidden_size"} <= {h["name"] for h in experiment["hparamInfos"]}
     # the HPARAMS table ticks the first five columns of this list, and the ones that differ come first
     assert default_columns(experiment) == ["learning_rate", "run_name"]
-
-
-def default_columns(experiment: dict) -> list[str]:
-    """The hyper-parameters the HPARAMS table shows without a click: its first five, the ones
-    that differ between the runs first (what TensorBoard's frontend does), if they differ."""
-    infos = sorted(experiment["hparamInfos"], key=lambda h: not h.get("differs", False))[:5]
-    return [h["name"] for h in infos if h.get("differs")]
 
 
 def test_hparams_tab_in_headless_chromium(tb_env, runs, tmp_path):
