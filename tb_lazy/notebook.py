@@ -80,7 +80,7 @@ class _Wait:
         lines = [f"waiting for data under {self.logdir}", *self.notes]
         if self.info is None and not self.running():
             code = self.proc.returncode
-            lines.append("nothing was started" if code == 0 else f"TensorBoard could not be started (status {code})")
+            lines.append("nothing was started" if code == 0 else f"tb-lazy watch ended with status {code}")
         return "\n".join(lines)
 
     def _read_stdout(self) -> None:
@@ -203,7 +203,7 @@ def magic(line: str) -> None:
             raise UsageError(f"SECONDS must be a number, not {rest[1]!r}; usage: {USAGE}") from None
         url = wait(rest[0], timeout=timeout)
         print(url or f"TensorBoard is not serving {rest[0]} (yet)", file=sys.stdout if url else sys.stderr)
-    elif not rest and not args.all:
+    elif not rest and not args.all and command not in ("list", "stop", "wait"):  # a folder named so: ./list
         show(command, port=args.port, host=args.host, height=args.height)
     else:
         raise UsageError(f"usage: {USAGE}")

@@ -13,18 +13,25 @@ from tb_lazy.hint import DEFAULT_AFTER, BufferHint, hint_after
 
 URL_LINE = re.compile(r"\[tensorboard\] http://127\.0\.0\.1:\d+ \(pid=\d+\)")
 # A trainer as users write one: tensorboardX with its default flush_secs (120 s), one scalar
-# every 0.2 s, until told to stop (the stop file appears); then it closes the writer.
+# every 0.2 s, until told to stop (the stop file appears); then it closes the writer. With a
+# third argument DIR it runs inside tb_lazy.autostart(DIR), and waits for TensorBoard at the end.
 BUFFERING_TRAINER = """
-import os, sys, time
+import contextlib, os, sys, time
 from tensorboardX import SummaryWriter
-logdir, stop = sys.argv[1], sys.argv[2]
-writer = SummaryWriter(logdir)
-step = 0
-while not os.path.exists(stop):
-    writer.add_scalar("train/loss", 1.0 / (step + 1), step)
-    step += 1
-    time.sleep(0.2)
-writer.close()
+logdir, stop, watch = sys.argv[1], sys.argv[2], sys.argv[3:]
+with contextlib.ExitStack() as stack:
+    if watch:
+        import tb_lazy
+        board = stack.enter_context(tb_lazy.autostart(watch[0]))
+    writer = SummaryWriter(logdir)
+    step = 0
+    while not os.path.exists(stop):
+        writer.add_scalar("train/loss", 1.0 / (step + 1), step)
+        step += 1
+        time.sleep(0.2)
+    writer.close()
+    if watch:
+        board.wait(120)
 """
 
 
@@ -51,6 +58,17 @@ def test_a_buffering_writer_gets_the_hint_once_on_stderr_and_stdout_stays_the_ur
     assert watcher.wait(timeout=120) == 0, watcher.stderr
     assert len(watcher.stdout) == 1 and URL_LINE.fullmatch(watcher.stdout[0]), watcher.stdout
     assert len(_hints(watcher.stderr)) == 1, watcher.stderr
+
+
+def test_a_training_script_using_autostart_gets_the_hint_on_its_stderr(tb_env, tmp_path):
+    logdir, stop = tmp_path / "logs", tmp_path / "stop"
+    trainer = tb_env.spawn([sys.executable, "-c", BUFFERING_TRAINER, str(logdir / "run1"), str(stop), str(logdir)],
+                           env={"TB_LAZY_HINT_AFTER": "2"})
+    assert wait_for(lambda: _hints(trainer.stderr), timeout=120), f"no hint; stderr: {trainer.stderr}"
+    stop.touch()
+    assert trainer.wait(timeout=120) == 0, trainer.stderr
+    assert len(trainer.stdout) == 1 and URL_LINE.fullmatch(trainer.stdout[0]), trainer.stdout
+    assert len(_hints(trainer.stderr)) == 1, trainer.stderr
 
 
 def test_a_writer_that_flushes_gets_no_hint(tb_env, tmp_path):

@@ -134,6 +134,7 @@ def test_stop_and_list_and_bad_usage(tb_env, tmp_path, monkeypatch):
             "%tb_lazy stop logs",
             "%tb_lazy list",
             "%tb_lazy logs --nope",
+            "%tb_lazy wait",
         ],
         tmp_path,
         kernel,
@@ -147,3 +148,5 @@ def test_stop_and_list_and_bad_usage(tb_env, tmp_path, monkeypatch):
     # bad usage: one line, IPython's own UsageError (no traceback)
     said = _text(outputs[5])
     assert "UsageError: unknown option '--nope'" in said and "Traceback" not in said, outputs[5]
+    said = _text(outputs[6])
+    assert "UsageError: usage: %tb_lazy DIR" in said and "Traceback" not in said, outputs[6]
