@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The base package alone — what `pip install tb-lazy` gives someone who only wants the watcher for
 # their own (PyTorch, JAX, …) runs — built as users get it and installed in a fresh virtual environment:
-#   0. `python -m build` makes an sdist and a wheel; the wheel is what gets installed,
+#   0. `python -m build` makes an sdist and, from it, a wheel; the wheel is what gets installed,
 #   1. none of the training stack is installed (mlx, mlx-lm, tensorboardX, tokenizers, jinja2), nor
 #      mlx_train (it runs from a clone), and `tb-lazy --version` prints the version,
 #   2. every tb_lazy module imports, and none of them pulls in numpy, tensorboardX or mlx,
@@ -50,8 +50,8 @@ wait_gone() {
 
 install_base() {
   local wheels version
-  log "python -m build: an sdist and a wheel"
-  "$WRITER_PY" -m build --sdist --wheel --outdir "$WORK/dist" "$REPO" >"$WORK/build.log" 2>&1 || {
+  log "python -m build: an sdist, and a wheel built from it"
+  "$WRITER_PY" -m build --outdir "$WORK/dist" "$REPO" >"$WORK/build.log" 2>&1 || {
     err "python -m build failed; its output: $(tail -n 20 "$WORK/build.log")"
     return 1
   }
