@@ -94,5 +94,4 @@ def while_waiting(
     try:
         yield
     finally:
-        done.set()
-        thread.join(timeout=5)
+        done.set()  # not joined: a scan of a large tree in progress must not hold up the launch
