@@ -12,14 +12,12 @@ import json
 import re
 import sys
 
+import nbclient  # [dev] installs these and ipykernel ([notebook]): a missing one is an error, not a skip
+import nbformat
 import pytest
 from conftest import get_json, pids_mentioning, tensorboard_pids, wait_for
 
 from tb_lazy.process import stop_process
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
 
 PORT = re.compile(r"const port = (\d+);")
 # Training in the kernel itself, in a thread (as a notebook user starts a long run), or in
