@@ -269,10 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _list_written(paths: dict[str, Path]) -> None:
-    """One line per file written: what it is, where, how many lines and kilobytes (the command's output)."""
+    """One line per file written: what it is, where, how many lines and kilobytes (a note: on stderr)."""
     for name, path in paths.items():
         lines = sum(1 for _ in path.open(encoding="utf-8"))
-        print(f"{name:9s} {path}  ({lines} lines, {path.stat().st_size / 1024:.0f} KB)")
+        print(f"{name:9s} {path}  ({lines} lines, {path.stat().st_size / 1024:.0f} KB)", file=sys.stderr)
 
 
 def export_main(argv: Sequence[str]) -> int:

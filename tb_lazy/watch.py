@@ -17,6 +17,7 @@ from collections.abc import Callable
 from tb_lazy import registry
 from tb_lazy.config import Settings, UsageError, auto_enabled, is_public_host, other_rank, resolve
 from tb_lazy.detect import SLICE, wait_for_new_data
+from tb_lazy.hint import while_waiting
 from tb_lazy.launch import (
     PORT_TRIES,
     START_TIMEOUT,
@@ -91,10 +92,11 @@ def watch(
         except OSError as error:
             state = registry.state_dir()
             raise UsageError(f"tb_lazy's state folder {state} can't be used: {error.strerror or error}") from None
-        found = wait_for_new_data(
-            settings.logdir, since=_run_start(settings, began), poll=settings.poll, timeout=settings.timeout,
-            should_stop=ended,
-        )
+        with while_waiting(settings.logdir, since=_run_start(settings, began)):  # the "writer buffers" hint
+            found = wait_for_new_data(
+                settings.logdir, since=_run_start(settings, began), poll=settings.poll, timeout=settings.timeout,
+                should_stop=ended,
+            )
         if found is None:
             return Skipped(_why_not(settings, stop))
         if not settings.keep and ended():  # it would be stopped again at once
