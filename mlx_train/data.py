@@ -17,6 +17,7 @@ complete lines added since the previous read.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -83,10 +84,37 @@ class JsonlSource:
             raise DataError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise DataError(f"{where}: JSON nested too deeply") from None
+        except ValueError as e:         # an integer of more than 4300 digits
+            raise DataError(f"{where}: invalid JSON ({str(e).split(';')[0]})") from None
+        if _SURROGATE.search(raw):
+            _check_unicode(obj, where, raw)
         try:
             return self.parse(obj)
         except ValueError as e:
             raise DataError(f"{where}: {e}") from None
+
+
+# a \uD800-\uDFFF escape: JSON allows one alone, but it is no character (text with one can't be
+# tokenized or written as UTF-8); a high one followed by a low one is a valid pair
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})|"
+                             rb"(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _check_unicode(obj: object, where: str, raw: bytes) -> None:
+    """DataError if a string in ``obj`` holds a lone surrogate (from a ``\\ud800`` escape)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply") from None
+    except UnicodeEncodeError:
+        match = _LONE_SURROGATE.search(raw)
+        at = f" at column {len(raw[:match.start()].decode('utf-8')) + 1}" if match else ""
+        escape = match[0].decode() if match else "\\ud800-\\udfff"
+        raise DataError(f"{where}: invalid Unicode (a lone surrogate {escape}{at}: "
+                        "not a character)") from None
 
 
 def tokenizer_texts(task: str, records: Sequence[dict], render: Callable) -> list[str]:
