@@ -48,15 +48,21 @@ class JsonlSource:
         self.offset = 0      # bytes consumed
         self.line = 0        # lines consumed
 
-    def read_new(self, *, growing: bool = False) -> list[dict]:
-        """Parse the lines after the last read. Raises DataError naming file and line."""
+    def read_new(self, *, growing: bool = False,
+                 agree: Callable[[int], int] | None = None) -> list[dict]:
+        """Parse the lines after the last read. Raises DataError naming file and line.
+
+        ``agree`` (ranks reading a file that may still grow): given the number of records read,
+        returns how many to keep (the least any rank read: `World.least`); the rest are left
+        for the next read, so every rank holds the same records."""
         try:
             with self.path.open("rb") as f:
                 f.seek(self.offset)
                 chunk = f.read()
         except OSError as e:
             raise DataError(f"{self.path}: cannot read ({e.strerror or e})") from None
-        records = []
+        start = (self.offset, self.line)
+        records, ends = [], []          # ends: (offset, line) after each record
         pieces = chunk.split(b"\n")
         tail = pieces.pop()              # b"" when the chunk ends with a newline
         for raw in pieces:
@@ -64,6 +70,7 @@ class JsonlSource:
             self.offset += len(raw) + 1
             if raw.strip():
                 records.append(self._parse(raw, self.line))
+                ends.append((self.offset, self.line))
         if tail.strip():
             try:
                 record = self._parse(tail, self.line + 1)
@@ -74,6 +81,12 @@ class JsonlSource:
                 self.line += 1
                 self.offset += len(tail)
                 records.append(record)
+                ends.append((self.offset, self.line))
+        if agree is not None:
+            keep = agree(len(records))
+            if keep < len(records):
+                self.offset, self.line = ends[keep - 1] if keep else start
+                records = records[:keep]
         return records
 
     def _parse(self, raw: bytes, line: int) -> dict:

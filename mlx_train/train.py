@@ -153,7 +153,7 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
 
     # ---- data: every line validated before anything is written ----
     source = JsonlSource(Path(cfg.data_path), cfg.task)
-    records = source.read_new(growing=cfg.reload_data)
+    records = source.read_new(growing=cfg.reload_data, agree=world.agreed("lines"))
     if not records:
         raise DataError(f"{cfg.data_path}: no samples")
     n_lines = len(split_indices(len(records))[0])

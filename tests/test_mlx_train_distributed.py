@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -318,6 +319,74 @@ def test_a_killed_rank_is_one_line_naming_it_and_exit_137(tmp_path, data, attemp
         (TMPDIR / path).unlink()
     assert alive(family) == [], "left running"
     assert strays() == []
+
+
+def test_shard_refuses_a_batch_that_does_not_split_over_the_ranks():
+    from mlx_train.distributed import World
+
+    assert World(rank=1, size=2).shard([10, 11, 12, 13]) == [12, 13]
+    with pytest.raises(ValueError, match="a batch of 3 does not split over 2 ranks"):
+        World(rank=1, size=2).shard([10, 11, 12])
+
+
+def test_lines_agreed_away_are_read_again_next_time_with_their_line_numbers(tmp_path):
+    from mlx_train.data import DataError, JsonlSource
+
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(f'{{"text": "t{i}"}}\n' for i in range(5)) + "\n", encoding="utf-8")
+    source = JsonlSource(path, "pretrain")
+    assert [r["text"] for r in source.read_new(agree=lambda n: min(n, 3))] == ["t0", "t1", "t2"]
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"text": "t5"}\n{"oops": 1}\n')
+    with pytest.raises(DataError, match=r"data.jsonl:8: "):   # line 6 is blank
+        source.read_new()
+    path.write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c', encoding="utf-8")   # the last still growing
+    source = JsonlSource(path, "pretrain")
+    assert source.read_new(growing=True, agree=lambda n: 0) == []
+    assert [r["text"] for r in source.read_new(growing=True)] == ["a", "b"]
+
+
+APPENDER = """
+import sys, time
+src, dst = sys.argv[1], sys.argv[2]
+lines = open(src, encoding="utf-8").read().splitlines(keepends=True)
+with open(dst, "a", encoding="utf-8") as out:
+    while True:
+        for line in lines:
+            half = len(line) // 2          # a line is sometimes seen half-written
+            out.write(line[:half]); out.flush(); time.sleep(0.05)
+            out.write(line[half:]); out.flush(); time.sleep(0.05)
+"""
+
+
+def test_two_ranks_agree_on_data_and_eval_pool_while_the_file_grows(tmp_path, data):
+    """--reload_data while another process appends to the data file (lines half-written at times):
+    every read, epoch and evaluation, both ranks' own logs show the same numbers."""
+    lines = data["pretrain"].read_text(encoding="utf-8").splitlines(keepends=True)
+    growing = tmp_path / "growing.jsonl"
+    growing.write_text("".join(lines[:40]), encoding="utf-8")
+    logs = tmp_path / "ranks"
+    logs.mkdir()
+    appender = subprocess.Popen([sys.executable, "-c", APPENDER, str(data["pretrain"]), str(growing)])
+    try:
+        argv = launcher() + trainer("pretrain", growing, tmp_path, "--batch_size", "8", "--epochs", "3",
+                                    "--reload_data", "--eval_interval", "5", "--save_interval", "1000", tb=False)
+        env = dict(env_for(tmp_path), MLX_TRAIN_RANK_LOG=str(logs))
+        result = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                                stdin=subprocess.DEVNULL)
+    finally:
+        appender.kill()
+        appender.wait()
+    assert result.returncode == 0, result.stderr
+    # each rank's own count ("262 here") may differ (measured: 262 and 255 lines at the first
+    # read); what they decided ("255 on every rank", epoch sizes, eval pools) may not
+    rank0, rank1 = ([re.sub(r"\d+ here, ", "", line) for line in (logs / f"rank{r}.log").read_text().splitlines()]
+                    for r in (0, 1))
+    assert rank0 == rank1
+    epochs = [int(line.split(": ")[1].split()[0]) for line in rank0 if line.startswith("epoch ") and "samples" in line]
+    assert len(epochs) >= 2 and epochs == sorted(epochs) and epochs[-1] > epochs[0], rank0   # the data grew
+    assert sum(line.startswith("eval pool: ") for line in rank0) >= 3, rank0
+    assert sum("on every rank" in line for line in rank0) == len(epochs) + 1, rank0   # start, then each epoch
 
 
 @pytest.mark.parametrize("lines, rank, status", [
