@@ -283,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``export`` first, a task's data file as mlx-lm's train.jsonl/valid.jsonl."""
     from mlx_train.config import OneLineParser
     from mlx_train.datagen import write_all
+    from mlx_train.errors import report_os_error
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["export"]:
@@ -303,8 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         paths = write_all(Path(args.out_dir), seed=args.seed, scale=args.scale)
     except OSError as e:
-        print(f"error: cannot write {args.out_dir}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        return report_os_error(e)
     _list_written(paths)
     return 0
 
@@ -319,6 +319,7 @@ def _list_written(paths: dict[str, Path]) -> None:
 def export_main(argv: Sequence[str]) -> int:
     """``export``: read and validate a task's data file, write it as mlx-lm's train/valid JSONL."""
     from mlx_train.config import OneLineParser
+    from mlx_train.errors import report_os_error
     from mlx_train.formats import export
 
     parser = OneLineParser(
@@ -339,8 +340,7 @@ def export_main(argv: Sequence[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: cannot write {args.out_dir}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        return report_os_error(e)
     _list_written(paths)
     return 0
 

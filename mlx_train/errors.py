@@ -88,14 +88,15 @@ def is_write_failure(error: BaseException) -> bool:
 
 
 def root_cause(error: BaseException) -> BaseException:
-    """The first write failure in ``error``'s context chain (a failure while cleaning up after
-    one, such as a flush at close on the same full disk, is not the cause), else ``error``."""
+    """The first write failure in ``error``'s chain, as Python would show it (a failure while
+    cleaning up after one, such as a flush at close on the same full disk, is not the cause),
+    else ``error``."""
     seen, chain = set(), []
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         chain.append(current)
-        current = current.__context__
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return next((e for e in reversed(chain) if is_write_failure(e)), error)
 
 

@@ -363,3 +363,19 @@ def test_a_read_only_output_folder_is_one_line(tmp_path, pretrain_data, start, s
     assert code == 74, err
     assert other == [f"error: cannot write {disk / 'out'}: Read-only file system; choose a folder you can "
                      "write to, then rerun"]
+
+
+@pytest.mark.parametrize("command", ["data", "export"])
+def test_data_tools_on_a_full_disk_are_one_line_and_leave_nothing(tmp_path, pretrain_data, start, small_disk,
+                                                                   command):
+    out = small_disk("8k") / "out"
+    if command == "data":
+        args, first = ["-m", "mlx_train.data", "--out_dir", str(out)], "pretrain.jsonl"
+    else:
+        args, first = ["-m", "mlx_train.data", "export", "--task", "pretrain", "--data_path", str(pretrain_data),
+                       "--out_dir", str(out)], "train.jsonl"
+    code, stdout, stderr = finish(start(args), timeout=120)
+    assert code == 74, stderr
+    assert stderr.splitlines() == [f"error: cannot write {out / first}: No space left on device; free some "
+                                   "space (or write elsewhere), then rerun"]
+    assert stdout == "" and list(out.iterdir()) == []
