@@ -277,13 +277,13 @@ def checkpoint_size(tmp_path_factory, pretrain_data) -> dict[str, int]:
     folder, and its weights."""
     out = tmp_path_factory.mktemp("measure") / "out"
     subprocess.run([sys.executable, "-m", "mlx_train.train", *TINY, "--data_path", str(pretrain_data),
-                    "--out_dir", str(out), "--max_steps", "1"], env=child_env(), cwd=REPO, check=True,
+                    "--out_dir", str(out), "--run_name", "m", "--max_steps", "1"], env=child_env(), cwd=REPO, check=True,
                    capture_output=True, stdin=subprocess.DEVNULL)
 
     def size(path: Path) -> int:
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
-    step = out / "step_0000001"
+    step = out / "m" / "step_0000001"
     return {"tokenizer": size(out / "tokenizer"), "step": size(step),
             "weights": (step / "model.safetensors").stat().st_size,
             "published": sum(p.stat().st_size for p in out.iterdir() if p.is_file()
@@ -300,38 +300,40 @@ def test_disk_full_during_a_save_is_one_line_and_resume_on_a_bigger_disk_continu
     room = kb["weights"] // 2 if failing == "model.safetensors" else kb["weights"] + kb["weights"] // 2
     disk = small_disk(f"{(first + room) // 4096 * 4}k")
     out = disk / "out"
-    common = ["--data_path", str(pretrain_data), "--out_dir", str(out), "--save_interval", "2",
+    series = out / "r"
+    common = ["--data_path", str(pretrain_data), "--out_dir", str(out), "--run_name", "r", "--save_interval", "2",
               "--keep_last", "10", "--eval_interval", "1000"]
     code, other, err = run_train(start, *common, "--max_steps", "6")
     assert code == 74, err
-    assert other == [f"error: cannot write {out}/step_0000004/{failing}: No space left on device; free some "
-                     f"space (or write elsewhere), then rerun with --resume to continue from {out}/step_0000002"]
-    assert [p.name for p in list_checkpoints(out)] == ["step_0000002"]
+    assert other == [f"error: cannot write {series}/step_0000004/{failing}: No space left on device; free some "
+                     f"space (or write elsewhere), then rerun with --resume to continue from {series}/step_0000002"]
+    assert [p.name for p in list_checkpoints(series)] == ["step_0000002"]
     assert_no_partial_output(out)
+    assert_no_partial_output(series)
 
     small_disk.resize(disk, "64m")
     code, other, err = run_train(start, *common, "--max_steps", "6", "--resume")
     assert code == 0 and other == [], err
-    assert f"resuming {out}/step_0000002 at step 2" in err
-    assert [p.name for p in list_checkpoints(out)] == ["step_0000002", "step_0000004", "step_0000006"]
+    assert f"resuming {series}/step_0000002 (run r, step 2)" in err
+    assert [p.name for p in list_checkpoints(series)] == ["step_0000002", "step_0000004", "step_0000006"]
 
 
 def test_disk_full_while_caching_the_tokenizer_is_one_line_and_leaves_nothing(
         tmp_path, pretrain_data, start, small_disk):
     disk = small_disk("8k")
     out = disk / "out"
-    code, other, err = run_train(start, "--data_path", str(pretrain_data), "--out_dir", str(out),
-                                 "--max_steps", "2")
+    common = ["--data_path", str(pretrain_data), "--out_dir", str(out), "--run_name", "r", "--max_steps", "2"]
+    code, other, err = run_train(start, *common)
     assert code == 74, err
     assert other == [f"error: cannot write {out}/tokenizer/tokenizer.json: No space left on device; free "
                      "some space (or write elsewhere), then rerun"]
-    assert sorted(p.name for p in out.iterdir()) == []
+    assert not (out / "tokenizer").exists()
+    assert_no_partial_output(out)
 
     small_disk.resize(disk, "64m")
-    code, other, err = run_train(start, "--data_path", str(pretrain_data), "--out_dir", str(out),
-                                 "--max_steps", "2", "--resume")
+    code, other, err = run_train(start, *common, "--resume")
     assert code == 0 and other == [], err
-    assert [p.name for p in list_checkpoints(out)] == ["step_0000002"]
+    assert [p.name for p in list_checkpoints(out / "r")] == ["step_0000002"]
 
 
 def test_disk_full_in_the_tensorboard_folder_is_one_line_and_resume_continues(
@@ -340,10 +342,10 @@ def test_disk_full_in_the_tensorboard_folder_is_one_line_and_resume_continues(
     disk = small_disk("16k")
     out = tmp_path / "out"
     common = ["--data_path", str(pretrain_data), "--out_dir", str(out), "--tensorboard_dir", str(disk / "tb"),
-              "--log_interval", "1", "--save_interval", "5", "--keep_last", "100", "--eval_interval", "1000"]
+              "--run_name", "r", "--log_interval", "1", "--save_interval", "5", "--keep_last", "100", "--eval_interval", "1000"]
     code, other, err = run_train(start, *common, "--max_steps", "100000")
     assert code == 74, err
-    done = list_checkpoints(out)
+    done = list_checkpoints(out / "r")
     assert done, "the disk filled before the first checkpoint: make the tmpfs bigger"
     assert other == [f"error: cannot write TensorBoard logs in {disk / 'tb'}: No space left on device; free "
                      f"some space (or write elsewhere), then rerun with --resume to continue from {done[-1]}"]
@@ -353,7 +355,7 @@ def test_disk_full_in_the_tensorboard_folder_is_one_line_and_resume_continues(
     step = int(done[-1].name[5:])
     code, other, err = run_train(start, *common, "--max_steps", str(step + 2), "--resume")
     assert code == 0 and other == [], err
-    assert f"resuming {done[-1]} at step {step}" in err
+    assert f"resuming {done[-1]} (run r, step {step})" in err
 
 
 def test_a_read_only_output_folder_is_one_line(tmp_path, pretrain_data, start, small_disk):
