@@ -127,8 +127,8 @@ def test_two_data_generators_on_one_fresh_folder_both_succeed_and_stale_temps_go
     out = tmp_path / "fresh" / "data"           # neither the folder nor its parent exist yet
     procs = [start(["-m", "mlx_train.data", "--out_dir", str(out)]) for _ in range(2)]
     results = [finish(p, timeout=120) for p in procs]
-    for code, _, err in results:
-        assert code == 0 and err == "", err
+    for code, _, err in results:      # stderr: the summary, one line per file written
+        assert code == 0 and sorted(line.split()[0] for line in err.splitlines()) == sorted(FILES), err
     expected = write_all(tmp_path / "alone", seed=0)
     for task, name in FILES.items():
         assert (out / name).read_bytes() == expected[task].read_bytes(), name
@@ -277,8 +277,8 @@ def checkpoint_size(tmp_path_factory, pretrain_data) -> dict[str, int]:
     folder, and its weights."""
     out = tmp_path_factory.mktemp("measure") / "out"
     subprocess.run([sys.executable, "-m", "mlx_train.train", *TINY, "--data_path", str(pretrain_data),
-                    "--out_dir", str(out), "--run_name", "m", "--max_steps", "1"], env=child_env(), cwd=REPO, check=True,
-                   capture_output=True, stdin=subprocess.DEVNULL)
+                    "--out_dir", str(out), "--run_name", "m", "--max_steps", "1"], env=child_env(), cwd=REPO,
+                   check=True, capture_output=True, stdin=subprocess.DEVNULL)
 
     def size(path: Path) -> int:
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -342,7 +342,8 @@ def test_disk_full_in_the_tensorboard_folder_is_one_line_and_resume_continues(
     disk = small_disk("16k")
     out = tmp_path / "out"
     common = ["--data_path", str(pretrain_data), "--out_dir", str(out), "--tensorboard_dir", str(disk / "tb"),
-              "--run_name", "r", "--log_interval", "1", "--save_interval", "5", "--keep_last", "100", "--eval_interval", "1000"]
+              "--run_name", "r", "--log_interval", "1", "--save_interval", "5", "--keep_last", "100",
+              "--eval_interval", "1000"]
     code, other, err = run_train(start, *common, "--max_steps", "100000")
     assert code == 74, err
     done = list_checkpoints(out / "r")
