@@ -23,15 +23,16 @@ Linux and macOS. Remote ranks (``ssh -tt``) lose their terminal and get SIGHUP.
 
 ``mlx.launch`` polls its stdin, so it is given a pipe that stays open (from /dev/null, as in a
 background job, it would spin a core). Its temporary files (a pidfile and a hostfile per local
-rank) and the ranks' own go into a private folder, ``<temp>/mlx_train-launch.PID.XXXX`` (the
-ranks' ``TMPDIR``; MLX's kernel cache ``mlx`` in it links to the usual one), removed at the end,
-or by the next launch once its wrapper PID is gone.
+rank, which it leaves behind) go into a private folder, ``<temp>/mlx_train-launch.PID.XXXX``,
+removed at the end, or by the next launch once the wrapper with that PID is gone. The ranks
+keep the user's ``TMPDIR``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -42,6 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlx_train.atomic import writer_gone
 
@@ -161,26 +163,35 @@ def clean_stale_launches(base: Path | None = None) -> list[Path]:
     return removed
 
 
-def _private_tmp(base: Path) -> Path:
-    """A private temp folder for this launch, with MLX's kernel cache linked in (a fresh
-    ``TMPDIR/mlx`` would make every rank compile its CPU kernels again)."""
-    private = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}.", dir=base))
-    try:
-        (base / "mlx").mkdir(exist_ok=True)
-        (private / "mlx").symlink_to(base / "mlx", target_is_directory=True)
-    except OSError:
-        pass      # no cache then: slower, not wrong
-    return private
-
-
 def _guarded_mlx_launch() -> None:
-    """Run inside the ``mlx.launch`` process (``python -c GUARDED FD ARGS...``): start the
-    guard on pipe FD, then ``mlx.launch ARGS...``."""
-    fd = int(sys.argv.pop(1))
+    """Run inside the ``mlx.launch`` process (``python -c GUARDED FD PRIVATE ARGS...``): start
+    the guard on pipe FD, send the local ranks' pidfiles and hostfiles to folder PRIVATE, then
+    run ``mlx.launch ARGS...``."""
+    fd, private = int(sys.argv.pop(1)), sys.argv.pop(1)
     threading.Thread(target=_die_with_wrapper, args=(fd,), daemon=True).start()
-    from mlx._distributed_utils.launch import main as mlx_launch
+    from mlx._distributed_utils import launch as mlx_launch
 
-    mlx_launch()
+    _files_into(mlx_launch, private)
+    mlx_launch.main()
+
+
+def _files_into(mlx_launch: Any, private: str) -> None:
+    """Make the shell script mlx.launch starts each local rank with create its pidfile and
+    hostfile (``$(mktemp)``) in ``private``; the rank itself keeps the user's ``TMPDIR``. (An
+    mlx.launch that builds its script otherwise is left as it is: its files go where it puts them.)"""
+    cls = getattr(mlx_launch, "RemoteProcess", None)
+    make = getattr(cls, "make_launch_script", None)
+    if make is None:
+        return
+
+    def make_launch_script(rank: int, python: Any, cwd: Any, files: Any, env: Any, command: Any,
+                           is_local: bool) -> str:
+        script = make(rank, python, cwd, files, env, command, is_local)
+        if is_local:
+            script = script.replace("$(mktemp)", f"$(TMPDIR={shlex.quote(private)} mktemp)")
+        return script
+
+    cls.make_launch_script = staticmethod(make_launch_script)
 
 
 def _die_with_wrapper(fd: int) -> None:
@@ -231,14 +242,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     base = Path(tempfile.gettempdir())
     clean_stale_launches(base)
-    private = _private_tmp(base)
+    private = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}.", dir=base))
     guard_read, guard_write = os.pipe()        # our end stays open as long as we live
     relay = _Relay()
     stopped_by: list[int] = []
     try:
-        proc = subprocess.Popen([sys.executable, "-c", GUARDED, str(guard_read), *argv],
+        proc = subprocess.Popen([sys.executable, "-c", GUARDED, str(guard_read), str(private), *argv],
                                 stdin=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                pass_fds=(guard_read,), env=dict(os.environ, TMPDIR=str(private)))
+                                pass_fds=(guard_read,))
         os.close(guard_read)
 
         def read_stderr() -> None:
