@@ -288,7 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.close(guard_write)
         shutil.rmtree(private, ignore_errors=True)
     if stopped_by:
-        _save_held(relay.held, base)
+        log = _save_held(relay.held, base)
+        if log:
+            print(f"stopped (the ranks' errors: {log})", file=sys.stderr)
         return 128 + stopped_by[0]
     if relay.failures:
         cause = blame(relay.failures)

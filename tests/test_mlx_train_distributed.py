@@ -405,6 +405,23 @@ def test_the_rank_blamed_is_the_first_that_failed_on_its_own(lines, rank, status
     assert (cause.rank, cause.status) == (rank, status)
 
 
+def test_the_relay_holds_back_tracebacks_and_ring_messages_and_keeps_the_rest(capsys):
+    from mlx_train.launch import _Relay
+
+    relay = _Relay()
+    lines = ["[pretrain] step 1/9 | loss 6.8\n", "[ring] Socket 4 was closed by the peer\n",
+             "Traceback (most recent call last):\n", '  File "x.py", line 1, in <module>\n',
+             "OSError: first\n", "\n", "During handling of the above exception, another exception occurred:\n",
+             "\n", "Traceback (most recent call last):\n", '  File "x.py", line 3, in <module>\n',
+             "RuntimeError: [ring] connection to a peer was lost\n", "\x1b[33m[WARN] Node with rank 1 exited with "
+             "code -9\x1b[0m\n", "error: a rank's own one line\n"]
+    for line in lines:
+        relay.feed(line)
+    assert capsys.readouterr().err == "[pretrain] step 1/9 | loss 6.8\nerror: a rank's own one line\n"
+    assert relay.held == lines[1:11]
+    assert [(f.rank, f.code) for f in relay.failures] == [(1, -9)]
+
+
 def test_pipeline_runs_every_stage_under_mlx_launch_and_starts_tensorboard_once(tb_env, tmp_path):
     env = dict(tb_env.env, PY=sys.executable, TF_DIR=str(tmp_path / "tf_dir"), OUT_DIR=str(tmp_path / "out"),
                DATA_DIR=str(tmp_path / "data"), OPENBLAS_NUM_THREADS="1", TMPDIR=str(TMPDIR),
