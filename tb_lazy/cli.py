@@ -20,6 +20,7 @@ from tb_lazy import __version__, registry
 from tb_lazy.config import DEFAULT_HOST, DEFAULT_PORT, UsageError, check_logdir
 from tb_lazy.launch import Failed, Served
 from tb_lazy.messages import note, tunnel, warn
+from tb_lazy.process import start_wall_time
 from tb_lazy.statefiles import shown
 from tb_lazy.watch import Skipped, watch
 
@@ -116,6 +117,7 @@ def _run_watch(args: argparse.Namespace) -> int:
             existing=args.existing,
             stop=stop,
             on_served=lambda served: _print_served(served, as_json=args.json),
+            began=_process_start(args),
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -126,6 +128,13 @@ def _run_watch(args: argparse.Namespace) -> int:
     if isinstance(outcome, Skipped):
         (warn if outcome.warning else note)(outcome.reason)
     return 0
+
+
+def _process_start(args: argparse.Namespace) -> float | None:
+    """The command's own process start, when ``main`` runs as the command (``argv`` None):
+    the run began no later, so data written while Python was still importing counts.
+    None when a caller runs ``main([...])`` in its own process: then the call is the start."""
+    return start_wall_time(os.getpid()) if args.as_command else None
 
 
 def _age(seconds: float) -> str:
@@ -180,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.as_command = argv is None
         run = {"watch": _run_watch, "list": _run_list, "stop": _run_stop}[args.command]
         return run(args)
     except UsageError as error:

@@ -84,7 +84,7 @@ def _parse_record(data: Any) -> Instance:
         raise ValueError("keep is not true/false")
     if "create_time" not in data or "cmdline" not in data:
         raise ValueError("no start time and command line to tell its process by")
-    identity = Identity.from_json({"pid": pid, "create_time": data["create_time"], "cmdline": data["cmdline"]})
+    identity = Identity.from_json({**data, "pid": pid})
     owner = None if data.get("owner") is None else Identity.from_json(data["owner"])
     return Instance(
         pid=pid,
@@ -97,6 +97,8 @@ def _parse_record(data: Any) -> Instance:
         cmdline=identity.cmdline,
         keep=keep,
         owner=owner,
+        boot_start=identity.boot_start,
+        boot_id=identity.boot_id,
     )
 
 

@@ -315,3 +315,82 @@ def test_newline_in_dir_keeps_the_list_table_one_row_per_tensorboard(tb_env):
     assert json.loads(tb_lazy_cli(tb_env, "list", "--json").stdout)[0]["logdir"] == str(logdir)
     stopped = tb_lazy_cli(tb_env, "stop", str(logdir))
     assert stopped.returncode == 0 and len(stopped.stdout.splitlines()) == 1, stopped.stdout
+
+
+# Issue 15, item 1. A clock step never loses nor fakes a TensorBoard --------------------------
+
+# Stand-in for a clock step (the machine's real clock is not stepped in tests): the checking
+# process sees psutil's boot time moved by SHIFT seconds, exactly what a VM pause, a suspend
+# and resume or an NTP step does to ``btime`` in /proc/stat, and so to every ``create_time()``.
+SHIFTED_CLI = """
+import sys
+import psutil, psutil._pslinux as linux
+real, shift = linux.boot_time, float(sys.argv[1])
+linux.boot_time = psutil.boot_time = lambda: real() + shift
+from tb_lazy.cli import main
+sys.argv = ["tb-lazy", *sys.argv[2:]]
+sys.exit(main())
+"""
+
+
+def shifted_cli(tb_env, shift: float, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``tb-lazy ARGS`` in a process whose view of the boot time is ``shift`` seconds off."""
+    return subprocess.run([sys.executable, "-c", SHIFTED_CLI, str(shift), *args], env=tb_env.env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="psutil's Linux boot time is what a clock step moves")
+def test_a_clock_step_either_way_keeps_the_tensorboard_known(tb_env):
+    logdir = tb_env.root / "tf_dir"
+    write_scalar(logdir / "pretrain")
+    first = tb_env.run("watch", str(logdir), "--existing", "--json")
+    pid = served_line(first.next_line(60))["pid"]
+    assert first.wait() == 0
+    for step, shift in enumerate((12.0, -12.0)):
+        seen = shifted_cli(tb_env, 0.0, "list", "--json")
+        moved = json.loads(shifted_cli(tb_env, shift, "list", "--json").stdout or "null")
+        assert moved == json.loads(seen.stdout), f"a {shift:+g} s step changed what list shows"
+        assert [(i["pid"], i["source"]) for i in moved] == [(pid, "tb_lazy")]
+        watcher = subprocess.Popen(
+            [sys.executable, "-c", SHIFTED_CLI, str(shift), "watch", str(logdir), "--json", "--port", str(free_port())],
+            env=tb_env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            announced = records(tb_env).parent / "watchers" / f"{watcher.pid}.json"
+            assert wait_for(announced.exists, 30), "the watcher never began watching"
+            time.sleep(0.3)
+            write_scalar(logdir / "pretrain", step=step + 1)
+            out, err = watcher.communicate(timeout=90)
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+                watcher.wait()
+        info = served_line(out.splitlines()[0] if out else None)
+        assert info["reused"] and info["pid"] == pid, f"{shift:+g} s: {info} {err}"
+        assert tensorboard_pids(tb_env.root) == [pid]
+    stopped = shifted_cli(tb_env, 12.0, "stop", str(logdir))
+    assert stopped.returncode == 0 and f"pid={pid}" in stopped.stdout, stopped.stderr
+    assert not pid_alive(pid) and tensorboard_pids(tb_env.root) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="psutil's Linux boot time is what a clock step moves")
+@pytest.mark.parametrize("shift", [12.0, -12.0])
+def test_a_clock_step_never_makes_another_process_pass_for_a_recorded_one(tb_env, shift):
+    """A record whose PID and command line match, and whose wall-clock start matches what the
+    stepped checker reads, but which started 12 s earlier on the boot clock: another process."""
+    sleeper = tb_env.spawn(SLEEPER)
+    process = psutil.Process(sleeper.pid)
+    wait_for(lambda: process.cmdline()[-1:] == ["x"], timeout=10)
+    ticks = process._proc.create_time(monotonic=True)
+    write_record(tb_env, record_of(process, create_time=process.create_time() + shift,
+                                   boot_start=ticks - shift, boot_id=Path("/proc/sys/kernel/random/boot_id")
+                                   .read_text().strip()))
+    result = shifted_cli(tb_env, shift, "stop", "--all")
+    assert result.returncode == 0, result.stderr
+    no_traceback(result)
+    assert sleeper.proc.poll() is None, "a stepped clock made stop --all kill another process"
+    assert not (records(tb_env) / f"{sleeper.pid}.json").exists(), "the record of a gone process is dropped"
+    # the same record from another boot: gone too, whatever the ticks say
+    write_record(tb_env, record_of(process, boot_start=ticks, boot_id="another-boot"))
+    assert json.loads(tb_lazy_cli(tb_env, "list", "--json").stdout) == []
+    assert sleeper.proc.poll() is None
