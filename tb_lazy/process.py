@@ -207,6 +207,14 @@ def started_no_later_than(pid: int, when: float) -> bool:
     return start is not None and start <= when + 2 * START_TIME_SLACK
 
 
+def is_stopped(pid: int) -> bool:
+    """True while ``pid`` is stopped (SIGSTOP, or halted by a debugger): it can't answer."""
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except (psutil.Error, OSError):
+        return False
+
+
 def working_folder(pid: int) -> str | None:
     """The current folder of process ``pid`` (None if gone or not ours to look at)."""
     try:
