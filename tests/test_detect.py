@@ -89,9 +89,9 @@ def test_an_old_file_rewritten_in_place_counts(tmp_path):
     logdir = tmp_path / "logs"
     old = write_scalar(logdir)
     time.sleep(1.1)  # a later second: the header's wall time differs
-    newer = write_scalar(tmp_path / "elsewhere").read_bytes()
-    assert len(newer) == old.stat().st_size
     thread, result = wait_in_thread(logdir, timeout=30)
+    newer = write_scalar(tmp_path / "elsewhere").read_bytes()  # this run's writer, staged to write at once
+    assert len(newer) == old.stat().st_size
     with open(old, "r+b") as handle:
         handle.write(newer)
     assert finish(thread, result) == old
