@@ -270,3 +270,45 @@ def test_polling_intervals_below_the_minimum_are_one_line_and_exit_2(tb_env, cap
     assert main(["watch", str(tb_env.root / "logs"), "--poll", value]) == 2
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and "at least 0.05" in captured.err and "Traceback" not in captured.err
+
+
+# Issue 15, item 4. A log folder that becomes a symlink, or is re-pointed, after the watch began --
+
+
+def test_a_log_folder_that_becomes_a_symlink_after_the_watch_began_is_followed(tb_env):
+    """The issue's repro: ``tb-lazy watch L &; ln -s real L``; events written under real/sub."""
+    link, real = tb_env.root / "L", tb_env.root / "real"
+    real.mkdir()
+    watcher = tb_env.run("watch", str(link), "--json")
+    tb_env.watching(watcher)
+    link.symlink_to(real)
+    time.sleep(0.5)
+    write_scalar(real / "sub")
+    info = served_json(watcher)
+    assert watcher.wait() == 0
+    assert get_json(f"{info['url']}/data/environment")["data_location"] == str(link)
+
+
+@pytest.mark.parametrize("change", ["re-pointed", "replaced by a folder", "created"])
+def test_a_symlinked_log_folder_changed_during_the_wait_is_followed(tmp_path, change):
+    link, first, second = tmp_path / "tf_dir", tmp_path / "disk1", tmp_path / "disk2"
+    first.mkdir()
+    second.mkdir()
+    if change != "created":
+        link.symlink_to(first)
+    thread, result = wait_in_thread(link, timeout=30)
+    if change == "re-pointed":  # as `ln -sfn disk2 tf_dir`: a new link renamed over the old one
+        (tmp_path / "new-link").symlink_to(second)
+        os.replace(tmp_path / "new-link", link)
+        target = second
+    elif change == "replaced by a folder":
+        link.unlink()
+        link.mkdir()
+        target = link
+    else:
+        link.symlink_to(second)
+        target = second
+    time.sleep(0.5)
+    event_file = write_scalar(target / "run")
+    found = finish(thread, result)
+    assert found is not None and found.name == event_file.name, found
