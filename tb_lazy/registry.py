@@ -40,7 +40,7 @@ from tb_lazy.statefiles import (
 from tb_lazy.watchers import covering_watch, launch_lock, watching
 
 __all__ = ["Instance", "add", "covering_watch", "find_serving", "launch_lock", "new_log_file", "remove", "running",
-           "state_dir", "stop", "stop_recorded", "watching"]
+           "state_dir", "state_of", "stop", "stop_recorded", "watching"]
 
 
 def _records_dir() -> Path:
@@ -181,6 +181,16 @@ def find_serving(logdir: Path) -> Instance | None:
         if _answers_with_its_folder(instance):
             return instance
     return None
+
+
+def state_of(instance: Instance) -> str:
+    """"serving", "stopped" (SIGSTOP: it holds its port but can't answer) or "not answering"
+    (within a second; busy, hung, or not yet up). Only one that is serving is reused."""
+    if is_stopped(instance.pid):
+        return "stopped"
+    if data_location(instance.host, instance.port, path_prefix=instance.path_prefix) is None:
+        return "not answering"
+    return "serving"
 
 
 def _answers_with_its_folder(instance: Instance) -> bool:

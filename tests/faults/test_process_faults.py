@@ -542,3 +542,31 @@ def test_a_state_folder_of_another_user_or_writable_by_others_is_refused(tb_env,
     result = subprocess.run(as_b([str(SYSTEM_PYTHON), "-m", "tb_lazy", "stop", "--all"]), env=b_env,
                             capture_output=True, text=True, cwd="/", timeout=60)
     assert result.returncode == 2 and "not by you" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_sigstopped_tensorboard_is_listed_as_stopped_and_not_reused(tb_env):
+    logdir = tb_env.root / "logs"
+    write_scalar(logdir)
+    first = tb_env.run("watch", str(logdir), "--existing", "--json")
+    frozen = served_line(first.next_line(60))["pid"]
+    assert first.wait() == 0
+    os.kill(frozen, signal.SIGSTOP)  # a real stop: it keeps its port, accepts connections, never answers
+    try:
+        listed = json.loads(tb_lazy_cli(tb_env, "list", "--json").stdout)
+        assert [(i["pid"], i["state"]) for i in listed] == [(frozen, "stopped")]
+        table = tb_lazy_cli(tb_env, "list").stdout.splitlines()
+        assert "STATE" in table[0] and "stopped" in table[1], table
+        second = tb_env.run("watch", str(logdir), "--json")
+        tb_env.watching(second)
+        write_scalar(logdir, step=1)
+        info = served_line(second.next_line(60))
+        assert not info["reused"] and info["pid"] != frozen, "a stopped TensorBoard was reused"
+        assert second.wait() == 0
+        states = {i["pid"]: i["state"] for i in json.loads(tb_lazy_cli(tb_env, "list", "--json").stdout)}
+        assert states == {frozen: "stopped", info["pid"]: "serving"}
+        stopped = tb_lazy_cli(tb_env, "stop", "--all")  # a stopped process is stopped for good, too
+        assert stopped.returncode == 0 and f"pid={frozen}" in stopped.stdout, stopped.stderr
+        assert not pid_alive(frozen) and tensorboard_pids(tb_env.root) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(frozen, signal.SIGCONT)
