@@ -14,6 +14,7 @@ watcher ~100 MB.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import BinaryIO
 
 HEADER_MARK = b"brain.Event:"  # the file_version string of the header event
@@ -71,20 +72,31 @@ class Progress:
         while True:
             if self.syncing and not self._resync(handle, size):
                 return False
-            record = _read_record(handle, self.offset, size)
+            start = self.offset
+            record = _read_record(handle, start, size)
             if record is _INCOMPLETE:
                 return False
             if record is _CORRUPT:
-                self.offset += 1  # look for the next record from the next byte on
-                self.syncing = True
+                self._corrupt(start)
                 continue
-            end, data = record
+            end, data, data_crc = record
             self.offset = end
-            if _is_header(data):
-                continue
-            written = _wall_time(data)
-            if end > after and (since is None or written is None or written >= since):
+            written = None if _is_header(data) else _wall_time(data)
+            if _is_header(data) or end <= after or (since is not None and written is not None and written < since):
+                continue  # not this run's data: its checksum doesn't matter (and isn't computed)
+            if data_crc is None or masked_crc32c(data) == data_crc:
                 return True
+            # All its bytes are there but don't match: either still settling (the last record:
+            # look again on the next change) or corrupt (more follows it: the writer moved on).
+            if end >= size:
+                self.offset = start
+                return False
+            self._corrupt(start)
+
+    def _corrupt(self, start: int) -> None:
+        """No sound record at ``start``: look for the next one from the byte after it."""
+        self.offset = start + 1
+        self.syncing = True
 
     def _resync(self, handle: BinaryIO, size: int) -> bool:
         """Move ``offset`` to the next place a whole record starts; False (``offset`` moved to
@@ -92,12 +104,10 @@ class Progress:
         while self.offset + _FRAME.size <= size:
             handle.seek(self.offset)
             chunk = handle.read(min(size - self.offset, _RESYNC_CHUNK))
-            for candidate in _frame_candidates(chunk):
-                record = _read_record(handle, self.offset + candidate, size)
-                if record is not _CORRUPT:  # whole and sound, or a sound frame whose record is still arriving
-                    self.offset += candidate
-                    self.syncing = False
-                    return True
+            for candidate in _frame_candidates(chunk):  # a sound frame: a record starts there
+                self.offset += candidate
+                self.syncing = False
+                return True
             if len(chunk) < _FRAME.size:
                 return False
             self.offset += len(chunk) - _FRAME.size + 1
@@ -109,25 +119,24 @@ _INCOMPLETE = object()  # the record is not all on disk yet
 _CORRUPT = object()  # no record starts here
 
 
-def _frame_candidates(chunk: bytes) -> list[int]:
-    """Offsets in ``chunk`` where a record's frame (with a valid length CRC) starts.
+def _frame_candidates(chunk: bytes) -> Iterator[int]:
+    """Offsets in ``chunk``, in order, where a record's frame (with a valid length CRC) starts.
 
     A record's length is far below 4 GiB, so the top four bytes of its 8-byte length are
     zero: only those places are checksummed."""
-    found, position = [], chunk.find(b"\0\0\0\0", 4)
+    position = chunk.find(b"\0\0\0\0", 4)
     while position != -1:
         start = position - 4
-        if start + _FRAME.size <= len(chunk) and masked_crc32c(chunk[start : start + 8]) == _FRAME.unpack(
-            chunk[start : start + _FRAME.size]
-        )[1]:
-            found.append(start)
+        frame = chunk[start : start + _FRAME.size]
+        if len(frame) == _FRAME.size and masked_crc32c(frame[:8]) == _FRAME.unpack(frame)[1]:
+            yield start
         position = chunk.find(b"\0\0\0\0", position + 1)
-    return found
 
 
-def _read_record(handle: BinaryIO, offset: int, size: int) -> tuple[int, bytes] | object:
-    """The record at ``offset``: (its end, its data — only the first bytes of a large one),
-    ``_INCOMPLETE`` if not all of it is there (yet), or ``_CORRUPT``."""
+def _read_record(handle: BinaryIO, offset: int, size: int) -> tuple[int, bytes, int | None] | object:
+    """The record at ``offset``: (its end, its data, the data's CRC as stored — None for a
+    large record, of which only the first bytes are read), ``_INCOMPLETE`` if not all of
+    it is there (yet), or ``_CORRUPT`` (no sound frame starts there)."""
     if offset + _FRAME.size > size:
         return _INCOMPLETE
     handle.seek(offset)
@@ -142,16 +151,12 @@ def _read_record(handle: BinaryIO, offset: int, size: int) -> tuple[int, bytes] 
         return _INCOMPLETE
     if length > _CHECK_LIMIT:
         head = handle.read(_WALL_TIME.size + 1)
-        return _INCOMPLETE if len(head) < _WALL_TIME.size + 1 else (end, head)  # its CRC is not checked
+        return _INCOMPLETE if len(head) < _WALL_TIME.size + 1 else (end, head, None)
     body = handle.read(length + 4)
     if len(body) < length + 4:
         return _INCOMPLETE
-    data, (data_crc,) = body[:length], struct.unpack("<I", body[length:])
-    if masked_crc32c(data) != data_crc:
-        # All its bytes are there: either still settling (the last record: look again on the
-        # next change) or corrupt (more follows it: the writer has moved on).
-        return _INCOMPLETE if end >= size else _CORRUPT
-    return end, data
+    (data_crc,) = struct.unpack("<I", body[length:])
+    return end, body[:length], data_crc
 
 
 _WALL_TIME = struct.Struct("<d")
