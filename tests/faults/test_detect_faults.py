@@ -176,8 +176,10 @@ def test_data_written_while_the_watcher_is_still_starting_counts(tb_env):
     assert not info["reused"] and watcher.wait() == 0
 
 
-@pytest.mark.parametrize("how", ["future mtime", "cp -p"])
+@pytest.mark.parametrize("how", ["future mtime", "cp -p", "copied, then its times set back"])
 def test_old_data_with_new_looking_file_times_does_not_count(tmp_path, how):
+    """``cp -p`` writes the copy (new file times) and then sets the old times: the last case
+    does those two steps with a pause between, so the watcher surely looks in between."""
     logdir = tmp_path / "logs"
     logdir.mkdir()
     old = an_earlier_runs_file(tmp_path / "archive")
@@ -187,6 +189,10 @@ def test_old_data_with_new_looking_file_times_does_not_count(tmp_path, how):
     thread, result = wait_in_thread(logdir, timeout=2.5)
     if how == "cp -p":
         subprocess.run(["cp", "-p", str(old), str(logdir / "copied.tfevents.1.host")], check=True)
+    elif how.startswith("copied"):
+        copy = shutil.copyfile(old, logdir / "copied.tfevents.2.host")
+        time.sleep(0.5)
+        os.utime(copy, ns=(old.stat().st_atime_ns, old.stat().st_mtime_ns))
     else:
         os.utime(logdir / old.name, (time.time() + 7200, time.time() + 7200))
     assert finish(thread, result) is None, f"old data {how} triggered"
