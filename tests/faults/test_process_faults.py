@@ -570,3 +570,22 @@ def test_a_sigstopped_tensorboard_is_listed_as_stopped_and_not_reused(tb_env):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(frozen, signal.SIGCONT)
+
+
+def test_a_record_written_by_an_earlier_version_still_counts(tb_env):
+    """Records from before the boot clock (no ``boot_start``/``boot_id``) are compared by
+    wall-clock start time, as that version did: still listed and stopped, not dropped."""
+    logdir = tb_env.root / "logs"
+    write_scalar(logdir)
+    first = tb_env.run("watch", str(logdir), "--existing", "--json")
+    pid = served_line(first.next_line(60))["pid"]
+    assert first.wait() == 0
+    path = records(tb_env) / f"{pid}.json"
+    record = json.loads(path.read_text())
+    assert record.pop("boot_start") is not None and record.pop("boot_id") is not None
+    path.write_text(json.dumps(record))
+    listed = json.loads(tb_lazy_cli(tb_env, "list", "--json").stdout)
+    assert [(i["pid"], i["source"], i["state"]) for i in listed] == [(pid, "tb_lazy", "serving")]
+    stopped = tb_lazy_cli(tb_env, "stop", str(logdir))
+    assert stopped.returncode == 0 and f"pid={pid}" in stopped.stdout, stopped.stderr
+    assert not pid_alive(pid)
