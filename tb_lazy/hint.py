@@ -7,7 +7,7 @@ record ``after`` seconds after we first saw it (default 10, ``TB_LAZY_HINT_AFTER
 we say once on stderr what is probably happening and how to flush sooner.
 
 The check runs in a thread of its own beside the wait, scanning the log folder at most
-once a second (less often when a scan is slow), and ends with the wait.
+once a second (less often when a scan is slow, but at least every 5 s), and ends with the wait.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tb_lazy.rundata import CLOCK_SLACK, RunData
 
 DEFAULT_AFTER = 10.0  # seconds an event file of this run may stay without data before we say why
 INTERVAL = 1.0  # seconds between scans, at least
+MAX_INTERVAL = 5.0  # ... and at most
 BUFFERING = (
     "the writer probably buffers: tensorboardX's and PyTorch's SummaryWriter write to disk only every "
     "120 s by default; to see curves sooner, create it with flush_secs=5 (or call writer.flush() after logging)"
@@ -87,7 +88,9 @@ def while_waiting(
             if message and not done.is_set():
                 say(message)
                 return
-            done.wait(max(INTERVAL, 20 * (time.monotonic() - began)))
+            # a slow scan (a large tree) spaces the next one out, but never by more than MAX_INTERVAL:
+            # one scan stalled on a busy machine must not put the hint off by minutes
+            done.wait(min(MAX_INTERVAL, max(INTERVAL, 20 * (time.monotonic() - began))))
 
     thread = threading.Thread(target=loop, name="tb_lazy-hint", daemon=True)
     thread.start()
