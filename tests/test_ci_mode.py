@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from ci_mode import allowed_skips
 
 TESTS = Path(__file__).resolve().parent
