@@ -82,7 +82,7 @@ def test_the_train_extra_declares_every_module_mlx_train_imports():
 def test_dev_is_train_plus_pytest():
     """The README's and CI's `pip install -e ".[dev]"` sets up everything the tests need."""
     dev = _project()["optional-dependencies"]["dev"]
-    assert {_name(r) for r in dev} == {"tb-lazy", "pytest"}
+    assert {_name(r) for r in dev} == {"tb-lazy", "pytest", "ruff"}  # ruff: CI lints with it
     assert any(re.fullmatch(r"tb-lazy\[train\]", r.strip()) for r in dev), dev
 
 
