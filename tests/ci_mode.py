@@ -65,10 +65,35 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
                        f"the skip in .ci/run ({ALLOW_VARIABLE}=\"key: why\") if it can't run on this machine.")
 
 
+_skipped_modules: list[tuple[str, str]] = []  # (module, reason) of collection skips CI did not allow
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    """A whole module skipped (``importorskip`` at module level): turning its collection into an
+    error would stop the whole run, so it is noted here and fails the session at its end."""
+    if not (report.skipped and ci_mode()):
+        return
+    reason = skip_reason(report)
+    allowed = allowed_skips()
+    if key := matching_key(reason, allowed):
+        _allowed_seen.append((report.nodeid, key, allowed[key]))
+    else:
+        _skipped_modules.append((report.nodeid, reason))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _skipped_modules and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     if not ci_mode():
         return
     allowed = allowed_skips()
+    if _skipped_modules:
+        terminalreporter.section("CI mode: skipped modules (a failure under CI=true)")
+        for nodeid, reason in _skipped_modules:
+            terminalreporter.write_line(f"FAILED {nodeid}: would have skipped ({reason})")
     terminalreporter.section("CI mode: allowed skips")
     if not allowed:
         terminalreporter.write_line("none allowed: every test that would skip failed instead")

@@ -323,4 +323,9 @@ def tb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 # ---- CI mode (tests/ci_mode.py): under CI=true a skip fails unless .ci/run allowed it ----------
-from ci_mode import pytest_runtest_makereport, pytest_terminal_summary  # noqa: E402, F401
+from ci_mode import (  # noqa: E402, F401
+    pytest_collectreport,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)

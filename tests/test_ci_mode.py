@@ -35,10 +35,16 @@ def test_runs():
 '''
 
 
-def run_suite(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+HOOKS = "pytest_collectreport, pytest_runtest_makereport, pytest_sessionfinish, pytest_terminal_summary"
+
+
+def run_suite(tmp_path: Path, *, module_skip: bool = False, **env: str) -> subprocess.CompletedProcess:
     (tmp_path / "test_suite.py").write_text(SUITE, encoding="utf-8")
-    (tmp_path / "conftest.py").write_text(
-        "from ci_mode import pytest_runtest_makereport, pytest_terminal_summary  # noqa: F401\n", encoding="utf-8")
+    if module_skip:  # a whole module skipped at collection, as test_packaging.py does without tomllib
+        (tmp_path / "test_module.py").write_text(
+            'import pytest\n\npytest.importorskip("tomllib_nobody_has_17")\n\n\ndef test_never():\n    pass\n',
+            encoding="utf-8")
+    (tmp_path / "conftest.py").write_text(f"from ci_mode import {HOOKS}  # noqa: F401\n", encoding="utf-8")
     environment = {name: value for name, value in os.environ.items() if name not in ("CI", "TB_LAZY_CI_ALLOW_SKIP")}
     environment.update(env, PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
     return subprocess.run(
@@ -91,3 +97,19 @@ def test_under_ci_with_all_skips_allowed_the_run_passes(tmp_path):
 ])
 def test_the_allow_list_format(text, expected):
     assert allowed_skips(text) == expected
+
+
+def test_a_module_skipped_at_collection_fails_the_run_under_ci(tmp_path):
+    allow = "no widget: w; no gadget: g; a_module_nobody_has_17: m"
+    result = run_suite(tmp_path, module_skip=True, CI="true", TB_LAZY_CI_ALLOW_SKIP=allow)
+    assert result.returncode == 1, result.stdout
+    assert "FAILED test_module.py: would have skipped (could not import 'tomllib_nobody_has_17'" in result.stdout
+    assert "1 passed" in result.stdout, "the rest of the run still ran"
+
+
+def test_a_module_skip_can_be_allowed_and_is_a_skip_outside_ci(tmp_path):
+    allow = "no widget: w; no gadget: g; a_module_nobody_has_17: m; tomllib_nobody_has_17: Python 3.10"
+    result = run_suite(tmp_path, module_skip=True, CI="true", TB_LAZY_CI_ALLOW_SKIP=allow)
+    assert result.returncode == 0, result.stdout
+    assert "'tomllib_nobody_has_17' (Python 3.10): 1 test(s) skipped" in result.stdout
+    assert run_suite(tmp_path, module_skip=True).returncode == 0
