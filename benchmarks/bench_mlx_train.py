@@ -1,92 +1,188 @@
-"""Benchmark: mlx_train's compiled step against mlx-lm's trainer step on the same model and
-the same batches; the wall time of a smoke-sized pretrain + SFT run; and data parallelism:
-one process against two ranks under ``mlx.launch`` (ring backend, loopback) on the same cores.
+"""Benchmark: mlx_train's SFT against the real ``mlx_lm.lora --fine-tune-type full`` on the same
+model, data, batch, sequence length and optimizer; one process against two ranks under
+``mlx.launch`` (ring backend, loopback) on the same cores; and the wall time of a smoke run.
 
-    python benchmarks/bench_mlx_train.py [--steps 10] [--skip-smoke] [--skip-ranks]
+    python benchmarks/bench_mlx_train.py [--quick] [--reps 5] [--skip-smoke] [--skip-ranks]
 
-Not a test: it prints numbers (tokens/s of each step and their ratio; smoke wall time; tokens/s
-of 1 process and 2 ranks, and the scaling efficiency)."""
+Not a test: it prints numbers. Each comparison runs its two sides interleaved (A B, B A, A B, …)
+so the machine's noise hits both alike, at least 5 times, and prints min / median / max and the
+ratio of the medians. OpenBLAS is preloaded for both sides (mlx_train does it by itself; for
+mlx-lm the benchmark sets LD_PRELOAD, as a user who read its docs would)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
-from mlx_train.blas import blas_note, reexec_with_fast_blas
+from mlx_train.blas import blas_note, find_openblas, reexec_with_fast_blas
 
 
-def bench_steps(*, steps: int, hidden: int, layers: int, vocab: int, seq_len: int,
-                batch: int) -> dict[str, float]:
-    """Tokens/s of mlx_train's step and of mlx-lm's (default_loss + its compiled step idiom)."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
-    import numpy as np
-    from mlx_lm.tuner.trainer import default_loss
+def spread(xs: list[float], fmt: str = "{:.2f}") -> str:
+    """``min / median / max`` of ``xs``."""
+    return " / ".join(fmt.format(x) for x in (min(xs), statistics.median(xs), max(xs)))
 
-    from mlx_train.model import build_model, model_config
-    from mlx_train.stages import lm_loss
-    from mlx_train.trainer import make_step
 
-    dims = dict(hidden_size=hidden, num_layers=layers, num_heads=hidden // 64,
-                num_kv_heads=hidden // 64, intermediate_size=hidden * 3)
-    cfg = model_config(dims, vocab_size=vocab, max_len=seq_len, eos_token_ids=[0])
-    rng = np.random.default_rng(0)
-    batches = [rng.integers(0, vocab, (batch, seq_len + 1), dtype=np.int32) for _ in range(steps + 3)]
+def run(cmd: list[str], *, env: dict[str, str], what: str) -> tuple[float, str]:
+    """Run ``cmd``; return (wall seconds, stderr). Exits with the command's output if it fails."""
+    tic = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - tic
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-2000:]}\n"
+                         f"{proc.stderr[-2000:]}")
+    return wall, proc.stderr
 
-    def fresh():
-        mx.random.seed(0)
-        model = build_model(cfg)
-        optimizer = optim.AdamW(learning_rate=1e-3, weight_decay=0.01)
-        optimizer.init(model.trainable_parameters())
-        return model, optimizer
 
-    # mlx_train: the step used by every stage
-    model, optimizer = fresh()
-    ours = make_step(model, optimizer, lm_loss, accum_steps=1, grad_clip=1.0)
-    ones = mx.ones((batch, seq_len))
+def interleaved(reps: int, sides: dict[str, object]) -> dict[str, list]:
+    """Run each side's callable ``reps`` times, alternating which goes first."""
+    names = list(sides)
+    out: dict[str, list] = {name: [] for name in names}
+    for rep in range(reps):
+        for name in names if rep % 2 == 0 else names[::-1]:
+            out[name].append(sides[name](rep))
+        print(f"  .. rep {rep + 1}: " + ", ".join(f"{name} {out[name][-1]:.2f}" for name in names), file=sys.stderr)
+    return out
 
-    def run_ours(b):
-        out = ours({"tokens": mx.array(b), "weights": ones}, None, True)
-        mx.eval(model.state, optimizer.state, out[0])
-        return out[0]
 
-    # mlx-lm: its default_loss and the compiled step of mlx_lm.tuner.trainer.train
-    model2, optimizer2 = fresh()
-    state = [model2.state, optimizer2.state, mx.random.state]
-    loss_value_and_grad = nn.value_and_grad(model2, default_loss)
+# ---------------------------------------------------------------- SFT: ours vs mlx_lm.lora
 
-    @partial(mx.compile, inputs=state, outputs=state)
-    def theirs(b, lengths):
-        (lvalue, toks), grad = loss_value_and_grad(model2, b, lengths)
-        grad, _ = optim.clip_grad_norm(grad, 1.0)
-        optimizer2.update(model2, grad)
-        return lvalue, toks
 
-    lengths = mx.array([[0, seq_len]] * batch)
+def prepare_sft(tmp: Path, *, preset: str, env: dict[str, str]) -> tuple[Path, Path, Path]:
+    """Bundled data, a base model (one pretrain step of ``preset``: an mlx-lm model folder) and
+    the SFT data exported for mlx-lm. Returns (base model, sft.jsonl, mlx-lm data folder)."""
+    py = sys.executable
+    run([py, "-m", "mlx_train.data", "--out_dir", str(tmp / "data")], env=env, what="data")
+    run([py, "-m", "mlx_train.train", "--task", "pretrain", "--preset", preset, "--data_path",
+         str(tmp / "data" / "pretrain.jsonl"), "--out_dir", str(tmp / "base"), "--max_steps", "1",
+         "--eval_batches", "1", "--sample_tokens", "0", "--run_name", "base"], env=env, what="base model")
+    run([py, "-m", "mlx_train.data", "export", "--task", "sft", "--data_path", str(tmp / "data" / "sft.jsonl"),
+         "--out_dir", str(tmp / "lora_data")], env=env, what="export")
+    return tmp / "base", tmp / "data" / "sft.jsonl", tmp / "lora_data"
 
-    def run_theirs(b):
-        lvalue, toks = theirs(mx.array(b), lengths)
-        mx.eval(state, lvalue, toks)
-        return lvalue
 
-    results = {}
-    for name, fn in (("mlx_train", run_ours), ("mlx_lm", run_theirs)):
-        first = [fn(b).item() for b in batches[:3]]        # compile + warm-up
-        tic = time.perf_counter()
-        for b in batches[3:]:
-            fn(b)
-        elapsed = time.perf_counter() - tic
-        results[name] = steps * batch * seq_len / elapsed
-        results[f"{name}_first_loss"] = first[0]
-    return results
+def real_tokens_per_row(model: Path, data: Path, seq_len: int) -> float:
+    """Mean tokens of a training conversation (chat template applied, cut at ``seq_len``): the real,
+    unpadded tokens each row brings, the same for both trainers."""
+    from mlx_lm.utils import load_tokenizer
+
+    tokenizer = load_tokenizer(str(model))
+    counts = []
+    with open(data / "train.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            ids = tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=True)
+            counts.append(min(len(ids), seq_len))
+    return statistics.mean(counts)
+
+
+def bench_sft(tmp: Path, *, preset: str, steps: int, batch: int, seq_len: int, reps: int) -> None:
+    env = dict(os.environ, TB_AUTO="0", HF_HUB_CACHE=str(tmp / "hub"))
+    (tmp / "hub").mkdir(parents=True)
+    base, sft, lora_data = prepare_sft(tmp, preset=preset, env=env)
+    lib = find_openblas()
+    theirs_env = dict(env, LD_PRELOAD=" ".join(filter(None, [lib, env.get("LD_PRELOAD")]))) if lib else env
+    lr, wd = "5e-4", "0.01"  # AdamW on both sides; no gradient clipping (mlx-lm's trainer has none)
+
+    def ours(rep: int) -> float:
+        return run([sys.executable, "-m", "mlx_train.train", "--task", "sft", "--preset", preset,
+                    "--init_from", str(base), "--data_path", str(sft), "--out_dir", str(tmp / f"ours{rep}"),
+                    "--max_steps", str(steps), "--batch_size", str(batch), "--seq_len", str(seq_len),
+                    "--learning_rate", lr, "--weight_decay", wd, "--grad_clip", "0", "--warmup_steps", "0",
+                    "--log_interval", str(steps), "--eval_interval", str(10 * steps), "--eval_batches", "1",
+                    "--sample_tokens", "0"], env=env, what="mlx_train SFT")[0]
+
+    def theirs(rep: int) -> float:
+        return run([sys.executable, "-m", "mlx_lm", "lora", "--model", str(base), "--train", "--data", str(lora_data),
+                    "--fine-tune-type", "full", "--num-layers", "-1", "--mask-prompt", "--optimizer", "adamw",
+                    "--iters", str(steps), "--batch-size", str(batch), "--max-seq-length", str(seq_len),
+                    "--learning-rate", lr, "--steps-per-report", str(steps), "--steps-per-eval", str(10 * steps),
+                    "--val-batches", "1", "--save-every", str(10 * steps),
+                    "--adapter-path", str(tmp / f"theirs{rep}")], env=theirs_env, what="mlx_lm.lora")[0]
+
+    per_row = real_tokens_per_row(base, lora_data, seq_len)
+    tokens = steps * batch * per_row
+    print(f"SFT, {preset} preset, {steps} steps of batch {batch}, seq_len {seq_len}, AdamW lr {lr}; "
+          f"{per_row:.1f} real tokens per row -> {tokens:,.0f} real tokens per run; OpenBLAS: {lib or 'none'}")
+    walls = interleaved(reps, {"mlx_train": ours, "mlx_lm.lora": theirs})
+    for name, xs in walls.items():
+        rates = [tokens / x for x in xs]
+        print(f"  {name:<12} wall s (min / median / max): {spread(xs)}   real tokens/s: {spread(rates, '{:,.0f}')}")
+    ratio = statistics.median(walls["mlx_train"]) / statistics.median(walls["mlx_lm.lora"])
+    print(f"  wall time ratio mlx_train / mlx_lm.lora (medians of {reps}; < 1: ours is faster): {ratio:.2f}")
+    print("  (wall = the whole process: start-up, loading, compiling, the steps, a final 1-batch eval and save;"
+          " mlx-lm's full fine-tune trains the transformer layers, not the tied embedding)")
+
+
+# ---------------------------------------------------------------- 1 process vs 2 ranks
+
+RANKS_MODEL = ["--preset", "tiny", "--hidden_size", "256", "--num_layers", "4", "--num_heads", "4",
+               "--intermediate_size", "768", "--vocab_size", "2048", "--seq_len", "256",
+               "--batch_size", "8", "--warmup_steps", "2", "--log_interval", "5",
+               "--eval_interval", "1000", "--save_interval", "1000", "--sample_tokens", "0"]
+
+
+def ring_port() -> int:
+    """A port p with p and p+1 free on loopback, below the ephemeral range (as the tests pick it)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, min(low, 32768) - 2)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise SystemExit("no two consecutive free ports")
+
+
+def tokens_per_sec(stderr: str) -> float:
+    """Median global tokens/s over the progress windows after the first (compile, warm-up)."""
+    rates = [float(line.split(" tok/s")[0].rsplit("| ", 1)[1].replace(",", ""))
+             for line in stderr.splitlines() if " tok/s" in line]
+    return statistics.median(rates[1:] or rates)
+
+
+def bench_ranks(tmp: Path, *, steps: int, reps: int) -> None:
+    cores = os.cpu_count() or 2
+    half = max(1, cores // 2)
+    env = dict(os.environ, TB_AUTO="0")
+    run([sys.executable, "-m", "mlx_train.data", "--out_dir", str(tmp / "data")], env=env, what="data")
+    train = [sys.executable, "-m", "mlx_train.train", "--task", "pretrain", *RANKS_MODEL,
+             "--data_path", str(tmp / "data/pretrain.jsonl"), "--max_steps", str(steps)]
+
+    def one(rep: int) -> float:
+        threads = dict(env, OPENBLAS_NUM_THREADS=str(cores), OMP_NUM_THREADS=str(cores))
+        return tokens_per_sec(run(train + ["--out_dir", str(tmp / f"one{rep}")], env=threads, what="1 process")[1])
+
+    def two(rep: int) -> float:
+        threads = dict(env, OPENBLAS_NUM_THREADS=str(half), OMP_NUM_THREADS=str(half))
+        launch = [sys.executable, "-m", "mlx_train.launch", "-n", "2", "--backend", "ring", "-p", str(ring_port())]
+        return tokens_per_sec(run(launch + train + ["--out_dir", str(tmp / f"two{rep}")], env=threads,
+                                  what="2 ranks")[1])
+
+    print(f"data parallel: pretrain {steps} steps, hidden 256, 4 layers, seq 256, global batch 8; "
+          f"{cores} cores for both")
+    rates = interleaved(reps, {"1 process": one, "2 ranks": two})
+    print(f"  1 process, {cores} BLAS threads   tokens/s (min / median / max): {spread(rates['1 process'], '{:,.0f}')}")
+    print(f"  2 ranks, {half} BLAS thread(s) each tokens/s (min / median / max): {spread(rates['2 ranks'], '{:,.0f}')}")
+    print(f"  scaling efficiency, 2 ranks / 1 process (medians; 1.00 = no cost): "
+          f"{statistics.median(rates['2 ranks']) / statistics.median(rates['1 process']):.2f}")
+
+
+# ---------------------------------------------------------------- smoke run
 
 
 def smoke(tmp: Path) -> float:
@@ -95,81 +191,39 @@ def smoke(tmp: Path) -> float:
     train = [sys.executable, "-m", "mlx_train.train", "--preset", "tiny", "--seq_len", "128",
              "--log_interval", "50", "--eval_interval", "100", "--eval_batches", "2"]
     tic = time.perf_counter()
-    for cmd in ([sys.executable, "-m", "mlx_train.data", "--out_dir", str(tmp / "data")],
-                train + ["--task", "pretrain", "--data_path", str(tmp / "data/pretrain.jsonl"),
-                         "--out_dir", str(tmp / "pretrain"), "--max_steps", "100",
-                         "--tensorboard_dir", str(tmp / "tb/pretrain")],
-                train + ["--task", "sft", "--data_path", str(tmp / "data/sft.jsonl"),
-                         "--out_dir", str(tmp / "sft"), "--init_from", str(tmp / "pretrain"),
-                         "--max_steps", "60", "--tensorboard_dir", str(tmp / "tb/sft")]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"smoke step failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
-        last = [line for line in proc.stderr.splitlines() if "step" in line and "loss" in line]
-        if last:
-            print(f"  {last[-1]}")
+    run([sys.executable, "-m", "mlx_train.data", "--out_dir", str(tmp / "data")], env=env, what="data")
+    run(train + ["--task", "pretrain", "--data_path", str(tmp / "data/pretrain.jsonl"),
+                 "--out_dir", str(tmp / "pretrain"), "--max_steps", "100",
+                 "--tensorboard_dir", str(tmp / "tb/pretrain")], env=env, what="smoke pretrain")
+    run(train + ["--task", "sft", "--data_path", str(tmp / "data/sft.jsonl"), "--out_dir", str(tmp / "sft"),
+                 "--init_from", str(tmp / "pretrain"), "--max_steps", "60", "--tensorboard_dir", str(tmp / "tb/sft")],
+        env=env, what="smoke SFT")
     return time.perf_counter() - tic
-
-
-RANKS_MODEL = ["--preset", "tiny", "--hidden_size", "256", "--num_layers", "4", "--num_heads", "4",
-               "--intermediate_size", "768", "--vocab_size", "2048", "--seq_len", "256",
-               "--batch_size", "8", "--warmup_steps", "2", "--log_interval", "5",
-               "--eval_interval", "1000", "--save_interval", "1000", "--sample_tokens", "0"]
-
-
-def train_tokens_per_sec(cmd: list[str], *, threads: int, steps: int) -> float:
-    """Median global tokens/s over the progress windows after the first (compile, warm-up)."""
-    env = dict(os.environ, TB_AUTO="0", OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run(cmd + ["--max_steps", str(steps)], env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
-    rates = [float(line.split(" tok/s")[0].rsplit("| ", 1)[1].replace(",", ""))
-             for line in proc.stderr.splitlines() if " tok/s" in line]
-    return statistics.median(rates[1:] or rates)
-
-
-def bench_ranks(tmp: Path, *, steps: int) -> dict[str, float]:
-    """Tokens/s of one process (BLAS threads = cores) and of two ranks (cores / 2 each)."""
-    cores = os.cpu_count() or 2
-    subprocess.run([sys.executable, "-m", "mlx_train.data", "--out_dir", str(tmp / "data")],
-                   check=True, capture_output=True)
-    train = [sys.executable, "-m", "mlx_train.train", "--task", "pretrain", *RANKS_MODEL,
-             "--data_path", str(tmp / "data/pretrain.jsonl")]
-    one = train_tokens_per_sec(train + ["--out_dir", str(tmp / "one")], threads=cores, steps=steps)
-    launch = [sys.executable, "-m", "mlx_train.launch", "-n", "2", "--backend", "ring"]
-    two = train_tokens_per_sec(launch + train + ["--out_dir", str(tmp / "two")],
-                               threads=max(1, cores // 2), steps=steps)
-    return {"cores": cores, "one": one, "two": two}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per trainer (10)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny model and few steps (a few minutes): proves the benchmark runs")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions of each side (at least 5)")
     parser.add_argument("--skip-smoke", action="store_true", help="no smoke run")
     parser.add_argument("--skip-ranks", action="store_true", help="no 1-process vs 2-rank run")
-    parser.add_argument("--rank-steps", type=int, default=25, help="steps of each data-parallel run (25)")
     args = parser.parse_args()
-    print(f"cpu cores: {os.cpu_count()}")
-    shape = dict(hidden=256, layers=4, vocab=2048, seq_len=256, batch=8)
-    print("step benchmark:", ", ".join(f"{k}={v}" for k, v in shape.items()))
-    r = bench_steps(steps=args.steps, **shape)
-    print(f"  mlx_train step : {r['mlx_train']:9,.0f} tokens/s  (first loss {r['mlx_train_first_loss']:.4f})")
-    print(f"  mlx_lm step    : {r['mlx_lm']:9,.0f} tokens/s  (first loss {r['mlx_lm_first_loss']:.4f})")
-    print(f"  ratio mlx_train / mlx_lm: {r['mlx_train'] / r['mlx_lm']:.2f}")
-    if not args.skip_smoke:
+    if args.reps < 5:
+        parser.error("--reps must be at least 5")
+    print(f"cpu cores: {os.cpu_count()}; {'quick' if args.quick else 'full'} run")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            bench_sft(Path(tmp) / "sft", preset="tiny", steps=20, batch=8, seq_len=128, reps=args.reps)
+        else:
+            bench_sft(Path(tmp) / "sft", preset="small", steps=30, batch=8, seq_len=256, reps=args.reps)
+    if not args.skip_ranks:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_ranks(Path(tmp), steps=10 if args.quick else 25, reps=args.reps)
+    if not args.skip_smoke and not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
             print("smoke run: data + tiny pretrain (100 steps) + tiny SFT (60 steps), seq_len 128")
             print(f"  wall time: {smoke(Path(tmp)):.1f} s")
-    if not args.skip_ranks:
-        with tempfile.TemporaryDirectory() as tmp:
-            print(f"data parallel: pretrain {args.rank_steps} steps, hidden 256, 4 layers, seq 256, "
-                  "global batch 8; same cores for both")
-            r = bench_ranks(Path(tmp), steps=args.rank_steps)
-            half = max(1, r["cores"] // 2)
-            print(f"  1 process, {r['cores']} BLAS threads       : {r['one']:9,.0f} tokens/s")
-            print(f"  2 ranks, {half} BLAS thread(s) each (ring): {r['two']:9,.0f} tokens/s")
-            print(f"  scaling efficiency (2 ranks / 1 process, same cores; 1.00 = no cost): "
-                  f"{r['two'] / r['one']:.2f}")
     return 0
 
 

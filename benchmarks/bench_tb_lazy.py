@@ -9,12 +9,17 @@ Not a test: it prints one line per figure (tb_lazy, baseline, ratio, target, PAS
    interval (median and p90);
 2. first scalar written -> its tag served by ``/data/plugin/scalars/tags``: a real
    ``python -m tb_lazy watch DIR`` started before training, against a TensorBoard started
-   before training (default reload interval);
+   before training (default reload interval); interleaved, the eager side writing at fixed
+   phases spread evenly over TensorBoard's 5 s reload cycle (the same every run);
 3. idle cost of a waiting watcher against an idle TensorBoard (RSS of the whole process
    group, TensorBoard's Rust data server included; CPU over an idle window);
 4. a log folder of 10,000 subfolders, watched with the trigger's event mask (files modified
    and closed after writing included): watcher start-up, and detection of data written to a
-   new event file in a deep subfolder (and inotify queue overflows: none allowed).
+   new event file in a deep subfolder (and inotify queue overflows: none allowed); and a new
+   deep folder made after start-up, then its event file: inotify against the 1 s polling
+   fallback, interleaved.
+
+Each figure prints its median, min / max, and its ratio to the baseline.
 
 Everything runs in one temp folder (also TMPDIR and TB_LAZY_STATE_DIR of the children, so
 no TensorBoard running elsewhere is reused); every process started here is stopped by PID.
@@ -384,6 +389,24 @@ def bench_wide(box: Sandbox, rng: random.Random, reps: int, timeout: float) -> d
             event_file.unlink()
         seen = "not seen" if late is None else f"{1e3 * late:.0f} ms"
         say(f"10k folders: start-up {up:.2f}s, detection {seen}, {OVERFLOWS.count - before} inotify queue overflows")
+    # a new deep folder made after start-up (a new run's stage folder), then its event file:
+    # inotify (watches added as the folders appear) against the 1 s polling fallback, interleaved
+    for rep in range(reps):
+        for label, poll in (("inotify", None), ("poll 1 s", 1.0)) if rep % 2 == 0 else (("poll 1 s", 1.0),
+                                                                                       ("inotify", None)):
+            parent = rng.choice(leaves).parent
+            new_file = parent / f"new-{label[:4]}-{rep}" / "stage" / "sub" / f"events.out.tfevents.{rep}.bench"
+
+            def make(_root: Path, path: Path = new_file) -> float:
+                t0 = time.perf_counter()
+                path.parent.mkdir(parents=True)
+                flush_record(path)
+                return t0
+
+            _, late = timed_wait(root, poll=poll, make=make, phase=0.05, timeout=timeout)
+            out.setdefault(f"deep {label}", []).append(late)
+            new_file.unlink()  # the next wait must not take it for its own
+            say(f"10k folders, new deep folder, {label}: {'not seen' if late is None else ms(late)}")
     return out
 
 
@@ -409,11 +432,11 @@ def lazy_once(box: Sandbox) -> float:
     return t_served - t_written
 
 
-def eager_once(box: Sandbox, rng: random.Random) -> float:
+def eager_once(box: Sandbox, phase: float) -> float:
     logdir = box.folder("e2e-eager")
     proc, url = box.tensorboard(logdir)
     try:
-        time.sleep(rng.uniform(0.5, 5.5))  # training starts at a random point of the 5 s reload cycle
+        time.sleep(phase)  # training starts this far into TensorBoard's 5 s reload cycle
         t_written = write_scalar(logdir)
         t_served = wait_until(lambda: tag_served(url), 30)
     finally:
@@ -423,11 +446,19 @@ def eager_once(box: Sandbox, rng: random.Random) -> float:
     return t_served - t_written
 
 
-def bench_end_to_end(box: Sandbox, rng: random.Random, reps: int) -> dict[str, list[float]]:
+def bench_end_to_end(box: Sandbox, reps: int) -> dict[str, list[float]]:
+    """Interleaved (the order alternates), so the machine's noise hits both alike. The eager side's
+    reload phase is not random: rep i writes at 0.5 s + 5 s * (i + 0.5) / reps after TensorBoard
+    answers, the same phases every run, spread evenly over its 5 s reload cycle."""
     lazy, eager = [], []
-    for i in range(reps):  # interleaved, so the machine's noise hits both alike
-        lazy.append(lazy_once(box))
-        eager.append(eager_once(box, rng))
+    for i in range(reps):
+        phase = 0.5 + 5.0 * (i + 0.5) / reps
+        if i % 2 == 0:
+            lazy.append(lazy_once(box))
+            eager.append(eager_once(box, phase))
+        else:
+            eager.append(eager_once(box, phase))
+            lazy.append(lazy_once(box))
         say(f"scalar -> tag served, rep {i + 1}: lazy {lazy[-1]:.2f}s, eager {eager[-1]:.2f}s")
     return {"lazy": lazy, "eager": eager}
 
@@ -498,7 +529,7 @@ def ratio(a: float, b: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (5 of each; a few minutes)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random timing phases")
     parser.add_argument("--wide-timeout", type=float, default=5.0,
                         help="seconds to wait for the deep event file in the 10,000-folder tree")
@@ -506,8 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     watchdog_log = logging.getLogger("watchdog")
     watchdog_log.addHandler(OVERFLOWS)
     watchdog_log.propagate = False
-    reps = {"detect": 5, "e2e": 2, "wide": 2, "idle": 3.0} if args.quick else \
-        {"detect": 20, "e2e": 5, "wide": 5, "idle": 5.0}
+    reps = {"detect": 5, "e2e": 5, "wide": 5, "idle": 3.0} if args.quick else \
+        {"detect": 20, "e2e": 10, "wide": 5, "idle": 5.0}
     rng = random.Random(args.seed)
     started = time.perf_counter()
     box = Sandbox()
@@ -515,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         detect = bench_detection(box, rng, reps["detect"])
         wide = bench_wide(box, rng, reps["wide"], args.wide_timeout)
         idle = bench_idle(box, reps["idle"])
-        e2e = bench_end_to_end(box, rng, reps["e2e"])
+        e2e = bench_end_to_end(box, reps["e2e"])
     finally:
         box.close()
 
@@ -525,12 +556,17 @@ def main(argv: list[str] | None = None) -> int:
                  verdict(median(ino) <= 0.010)))
     rows.append((f"detect, inotify, p90 of {n}", ms(p90(ino)), "", "", "", "-"))
     for label in ("poll 0.1 s", "poll 1 s"):
+        rows.append((f"detect, inotify vs {label}, min / max", f"{ms(min(ino))} / {ms(max(ino))}",
+                     f"{ms(min(detect[label]))} / {ms(max(detect[label]))}", "", "", "-"))
+    for label in ("poll 0.1 s", "poll 1 s"):
         for name, stat in (("median", median), ("p90", p90)):
             rows.append((f"detect, inotify vs {label}, {name}", ms(stat(ino)), ms(stat(detect[label])),
                          ratio(stat(ino), stat(detect[label])), "", "-"))
     lazy, eager = median(e2e["lazy"]), median(e2e["eager"])
     rows.append((f"scalar -> tag served, median of {len(e2e['lazy'])}", secs(lazy), secs(eager),
                  ratio(lazy, eager), "<= eager", verdict(lazy <= eager)))
+    rows.append(("  min / max", f"{secs(min(e2e['lazy']))} / {secs(max(e2e['lazy']))}",
+                 f"{secs(min(e2e['eager']))} / {secs(max(e2e['eager']))}", "", "", "-"))
     rows.append(("idle RSS, watcher vs TensorBoard", f"{idle['lazy_rss']:.1f} MB", f"{idle['eager_rss']:.1f} MB",
                  ratio(idle["lazy_rss"], idle["eager_rss"]), "<= 0.25",
                  verdict(idle["lazy_rss"] <= 0.25 * idle["eager_rss"])))
@@ -549,6 +585,16 @@ def main(argv: list[str] | None = None) -> int:
                  verdict(not missed and median(seen) <= 0.050)))
     rows.append(("  inotify queue overflows", str(sum(wide["overflows"])), "", "", "0",
                  verdict(sum(wide["overflows"]) == 0)))
+    ino_deep, poll_deep = wide["deep inotify"], wide["deep poll 1 s"]
+    if None in ino_deep or None in poll_deep:
+        rows.append((f"{leaves:,} folders: new deep folder", f"{ino_deep.count(None)}/{k} not seen",
+                     f"{poll_deep.count(None)}/{k} not seen", "", "all seen", "MISS"))
+    else:
+        rows.append((f"{leaves:,} folders: new deep folder, median of {k}", ms(median(ino_deep)),
+                     ms(median(poll_deep)), ratio(median(ino_deep), median(poll_deep)), "<= 50 ms",
+                     verdict(median(ino_deep) <= 0.050)))
+        rows.append(("  min / max", f"{ms(min(ino_deep))} / {ms(max(ino_deep))}",
+                     f"{ms(min(poll_deep))} / {ms(max(poll_deep))}", "", "", "-"))
     print(table(rows))
     print(f"\n({'quick' if args.quick else 'full'} run, {time.perf_counter() - started:.0f} s; "
           f"{os.cpu_count()} CPUs; baseline = polling observer (detect), eager TensorBoard (rest))")

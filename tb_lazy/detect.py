@@ -261,11 +261,12 @@ class _Waiter:
     def _wait(
         self, observer: BaseObserver, watches: list[ObservedWatch], tree: Tree | None, anchor: Path
     ) -> Path | None:
+        suspects: dict[str, float] = {}  # folders not yet seen watched -> since when
         if tree:
             again = Tree(tree.roots[0])
             if again.roots != tree.roots:
                 return _MOVED_ON  # a symlinked folder appeared meanwhile
-            _check_watched(observer, watches, again.folders)
+            _check_watched(observer, watches, again.folders, suspects)
             if found := _first_new(self.run, again.files):
                 return found
         elif nearest_existing(self.logdir) != anchor:
@@ -274,8 +275,8 @@ class _Waiter:
             changed, folders = self.handler.take()
             if found := _first_new(self.run, changed):
                 return found
-            if folders and tree:
-                _check_watched(observer, watches, folders)
+            if tree and (folders or suspects):
+                _check_watched(observer, watches, folders, suspects)
             if self.handler.moved_on or self._relinked(anchor):
                 return _MOVED_ON
             if self.should_stop():  # one last look: a run that logged just before ending still counts
@@ -312,11 +313,25 @@ def _schedule(observer: BaseObserver, handler: _Handler, tree: Tree | None, anch
     return watches
 
 
-def _check_watched(observer: BaseObserver, watches: list[ObservedWatch], folders: list[str]) -> None:
-    """Raise InotifyShort if a folder of ``folders`` is left unwatched (watch limit reached)."""
+WATCH_GRACE = 2.0  # seconds a folder may stay unwatched before it counts as missed (the watch limit)
+
+
+def _check_watched(
+    observer: BaseObserver, watches: list[ObservedWatch], folders: list[str], suspects: dict[str, float]
+) -> None:
+    """Raise InotifyShort if a folder of ``folders`` (or of earlier ``suspects``) stays unwatched
+    (watch limit reached). We may hear of a new folder — from our scan, or from watchdog's
+    made-up events for a tree created at once — before watchdog has handled its creation, which
+    is when it watches it: a folder counts as missed only after ``WATCH_GRACE`` seconds."""
+    now = time.monotonic()
+    for folder in folders:
+        suspects.setdefault(folder, now)
     for watch in watches:
-        mine = [folder for folder in folders if _inside(folder, watch.path)]
-        if missed := unwatched(observer, watch, mine):
+        mine = [folder for folder in suspects if _inside(folder, watch.path)]
+        missed = unwatched(observer, watch, mine)
+        for folder in mine if missed is None else mine[: mine.index(missed)]:  # watched, or gone
+            del suspects[folder]
+        if missed is not None and now - suspects[missed] >= WATCH_GRACE:
             raise InotifyShort(missed, "inotify watch limit reached")
 
 

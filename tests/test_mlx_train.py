@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from greedy import greedy_text
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlx_train import train
@@ -141,7 +142,7 @@ def test_checkpoint_loads_with_mlx_lm_and_generates(tmp_path, data):
                                            add_generation_prompt=True, tokenize=False)
     assert prompt.endswith("<|im_start|>assistant\n")
     text = mlx_lm.generate(model, tokenizer, prompt, max_tokens=5)
-    assert isinstance(text, str)
+    assert text == greedy_text(model, tokenizer, prompt, max_tokens=5)  # the checkpoint's own argmax tokens
     from mlx_train.infer import generate_text
     greedy = generate_text(out, "What is 2 plus 3?", chat=True, max_tokens=5)
     assert greedy == generate_text(out, "What is 2 plus 3?", chat=True, max_tokens=5)
@@ -222,9 +223,13 @@ def test_malformed_line_exits_2_with_line_number_and_writes_nothing(tmp_path, da
     assert event_files(tmp_path) == []
 
 
-def test_bad_flag_is_usage_error_without_traceback(tmp_path):
+def test_bad_flag_is_usage_error_without_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         train.main(["--task", "nope", "--data_path", "x"])
     assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid choice: 'nope'" in err and "Traceback" not in err, err
     rc = train.main(["--task", "sft", "--data_path", str(tmp_path / "missing.jsonl")])
     assert rc == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path / 'missing.jsonl'}: cannot read (No such file or directory)\n", err
