@@ -230,7 +230,8 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
     pos = Position()
     if resume_from is not None:
         load_optimizer(optimizer, model, resume_from)
-        pos = Position(**{k: int(state[k]) for k in asdict(pos)})
+        # (tokens_seen is missing from checkpoints written before it was counted: 0)
+        pos = Position(**{k: int(state[k]) for k in asdict(pos) if k in state})
         mx.random.seed(_rng_seed(cfg.seed, pos.step))
     loss_fn = stage.make_loss(reference, cfg.beta)
     differ = world.same_everywhere(tokenizer=tok.tok.to_str(), samples=len(data), position=pos,

@@ -45,6 +45,7 @@ class Position:
     epoch: int = 0            # current epoch
     batch: int = 0            # micro-batches of this epoch already consumed
     epoch_samples: int = 0    # dataset size this epoch's order was drawn from
+    tokens_seen: int = 0      # real (non-padding) tokens trained on so far, all ranks together
 
 
 def get_lr(step: int, *, peak: float, warmup: int, total: int, min_ratio: float) -> float:
@@ -238,9 +239,21 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
     lr_of = partial(get_lr, peak=cfg.learning_rate, warmup=cfg.warmup_steps,
                     min_ratio=cfg.min_lr_ratio)
 
-    win_loss, win_metrics, win_micro, win_tokens = mx.array(0.0), {}, 0, 0
+    win_loss, win_metrics, win_micro, win_trained = mx.array(0.0), {}, 0, mx.array(0)
     win_start = time.perf_counter()
-    tokens_seen = 0            # by this process (a resumed run counts from its restart)
+    # real (non-padding) tokens: this rank's not yet counted in pos.tokens_seen, and the
+    # global count of this log window
+    pending_real, win_real = 0, 0
+
+    def count_real() -> int:
+        """Add every rank's pending real tokens to pos.tokens_seen (a collective); returns them."""
+        nonlocal pending_real
+        new = pending_real if world.size == 1 else \
+            int(world.sum({"t": mx.array(pending_real)})["t"].item())
+        pos.tokens_seen += new
+        pending_real = 0
+        return new
+
     log.describe(_run_description(cfg, model))
     epoch_before = pos.epoch
     model.train()
@@ -250,13 +263,15 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
         optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
         grad_acc = None
         for micro in range(accum):
-            batch = {k: mx.array(v) for k, v in next(batches).items()}
-            win_tokens += batch["tokens"].shape[0] * (batch["tokens"].shape[1] - 1)
-            loss, _, metrics, grad_norm, grad_acc = step(batch, grad_acc, micro == accum - 1)
+            host = next(batches)
+            pending_real += int(host.pop("real_tokens").sum())       # padding excluded
+            batch = {k: mx.array(v) for k, v in host.items()}
+            loss, ntoks, metrics, grad_norm, grad_acc = step(batch, grad_acc, micro == accum - 1)
             win_loss = win_loss + loss
+            win_trained = win_trained + ntoks                    # loss-bearing targets
             win_metrics = {k: win_metrics.get(k, 0.0) + v for k, v in metrics.items()}
             win_micro += 1
-            mx.eval(state, win_loss, win_metrics, grad_norm, grad_acc)
+            mx.eval(state, win_loss, win_metrics, win_trained, grad_norm, grad_acc)
         pos.step += 1
         if cfg.max_steps == 0 and pos.epoch != epoch_before:    # data may have grown
             total, epoch_before = max(total_steps(), pos.step), pos.epoch
@@ -268,15 +283,16 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
                 reduced = world.mean({"train/loss": win_loss, **win_metrics})
                 win_loss = reduced.pop("train/loss")
                 win_metrics = reduced
-                win_tokens = int(world.sum({"t": mx.array(win_tokens)})["t"].item())
+                win_trained = world.sum({"t": win_trained})["t"]
+            win_real += count_real()
             elapsed = time.perf_counter() - win_start
             steps_in_window = win_micro / accum
-            tokens_seen += win_tokens
             values = {"train/loss": win_loss.item() / win_micro, "train/lr": lr,
                       "train/grad_norm": grad_norm.item(),
-                      "train/tokens_per_sec": win_tokens / max(elapsed, 1e-9),
+                      "train/tokens_per_sec": win_real / max(elapsed, 1e-9),
+                      "train/trained_tokens_per_sec": win_trained.item() / max(elapsed, 1e-9),
                       "train/step_time": elapsed / max(steps_in_window, 1e-9),
-                      "train/epoch": _epoch_progress(pos, B), "train/tokens_seen": tokens_seen,
+                      "train/epoch": _epoch_progress(pos, B), "train/tokens_seen": pos.tokens_seen,
                       "train/peak_memory_gb": _peak_memory_gb()}
             values.update({k: v.item() / win_micro for k, v in win_metrics.items()})
             log.scalars(pos.step, values)
@@ -285,8 +301,11 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
                             if k.startswith("dpo/"))
             report(f"[{cfg.task}] step {pos.step}/{total} | loss {values['train/loss']:.4f}{extra}"
                    f" | lr {lr:.2e} | grad {values['train/grad_norm']:.2f}"
-                   f" | {values['train/tokens_per_sec']:,.0f} tok/s | ETA {_fmt_time(eta)}")
-            win_loss, win_metrics, win_micro, win_tokens = mx.array(0.0), {}, 0, 0
+                   f" | {values['train/tokens_per_sec']:,.0f} tok/s (real)"
+                   f" | {values['train/trained_tokens_per_sec']:,.0f} tok/s (trained)"
+                   f" | ETA {_fmt_time(eta)}")
+            win_loss, win_metrics, win_micro, win_trained = mx.array(0.0), {}, 0, mx.array(0)
+            win_real = 0
             win_start = time.perf_counter()
 
         # ---- evaluate, with a generated text sample ----
@@ -310,6 +329,7 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
         # ---- checkpoint ----
         if pos.step % cfg.save_interval == 0 or last:
             tic = time.perf_counter()
+            win_real += count_real()             # the checkpoint holds every token trained on
             path = save(pos)
             report(f"[{cfg.task}] saved {path}")
             win_start += time.perf_counter() - tic
