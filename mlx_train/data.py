@@ -221,13 +221,16 @@ class PairData(ChatData):
         return _pad(rows, pad_id=self.tok.pad_id, seq_len=self.seq_len)
 
 
-def make_dataset(task: str, tok: Tok, seq_len: int) -> Dataset:
-    """An empty dataset of the right kind for ``task``."""
+def make_dataset(task: str, tok: Tok, seq_len: int, *, packing: bool = False) -> Dataset:
+    """An empty dataset of the right kind for ``task``; with ``packing``, SFT and R1 pack
+    several conversations into each training row (`mlx_train.packing`)."""
     if task == "pretrain":
         return PackedText(tok, seq_len)
     if task == "dpo":
         return PairData(tok, seq_len)
-    return ChatData(tok, seq_len, tag_weight=R1_TAG_WEIGHT if task == "r1" else 1.0)
+    from mlx_train.packing import PackedChat  # (packing imports this module)
+    kind = PackedChat if packing else ChatData
+    return kind(tok, seq_len, tag_weight=R1_TAG_WEIGHT if task == "r1" else 1.0)
 
 
 def split_indices(n: int) -> tuple[list[int], list[int]]:

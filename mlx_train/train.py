@@ -172,7 +172,7 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
         report(note)
     tok = prepare_tokenizer(cfg, records, start=resume_from or init_from, report=report,
                             cache=world.is_main)
-    data = make_dataset(cfg.task, tok, cfg.seq_len)
+    data = make_dataset(cfg.task, tok, cfg.seq_len, packing=cfg.packing)
     data.extend(records)
     n_train = len(split_indices(len(data))[0])
     if n_train < cfg.batch_size:

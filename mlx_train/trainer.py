@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,12 @@ from mlx.utils import tree_map
 from mlx_train.config import PRESETS, TrainConfig
 from mlx_train.data import DataError, Dataset, JsonlSource, split_indices
 from mlx_train.distributed import SINGLE, World
+from mlx_train.packing import epoch_batches
 from mlx_train.stages import LossFn
 from mlx_train.tblog import TBLogger
 from mlx_train.tokenizer import Tok
 
-__all__ = ["Position", "evaluate", "fit", "generate_sample", "get_lr", "make_step",
+__all__ = ["Position", "epoch_plan", "evaluate", "fit", "generate_sample", "get_lr", "make_step",
            "micro_batches", "steps_per_epoch"]
 
 
@@ -59,16 +60,31 @@ def get_lr(step: int, *, peak: float, warmup: int, total: int, min_ratio: float)
     return peak * (min_ratio + coeff * (1.0 - min_ratio))
 
 
-def steps_per_epoch(n_samples: int, *, batch_size: int, accum_steps: int) -> int:
-    """Optimizer steps one epoch over ``n_samples`` gives (held-out samples excluded)."""
-    n_train = len(split_indices(n_samples)[0])
-    return (n_train // batch_size) // accum_steps
+def steps_per_epoch(data: Dataset, n_samples: int, *, batch_size: int, accum_steps: int,
+                    seed: int, epoch: int) -> int:
+    """Optimizer steps epoch ``epoch`` over the first ``n_samples`` gives (held-out samples
+    excluded; packed rows may differ in number from one epoch to the next)."""
+    return len(epoch_plan(data, n_samples, batch_size=batch_size, seed=seed, epoch=epoch)) // accum_steps
 
 
 def _order(n_samples: int, *, seed: int, epoch: int) -> list[int]:
     train, _ = split_indices(n_samples)
     perm = np.random.default_rng([seed, epoch]).permutation(len(train))
     return [train[i] for i in perm]
+
+
+def epoch_plan(data: Dataset, n_samples: int, *, batch_size: int, seed: int,
+               epoch: int) -> list[list[Any]]:
+    """Epoch ``epoch``'s global micro-batches over the first ``n_samples``, in order: what
+    ``data.collate`` takes (sample indices, or packed rows of them). Raises DataError if
+    there is not one whole batch."""
+    order = _order(n_samples, seed=seed, epoch=epoch)
+    batches = epoch_batches(data, order, batch_size=batch_size)
+    if not batches:
+        packed = f" (packed into fewer than {batch_size} rows; --no_packing: one per row)" \
+            if getattr(data, "plan", None) else ""
+        raise DataError(f"batch_size={batch_size} but only {len(order)} training samples{packed}")
+    return batches
 
 
 def micro_batches(data: Dataset, source: JsonlSource | None, pos: Position, *,
@@ -86,14 +102,11 @@ def micro_batches(data: Dataset, source: JsonlSource | None, pos: Position, *,
             # a growing file may have gained lines between the ranks' reads: all take the
             # samples every rank has (the rest join at the next epoch)
             pos.epoch_samples = world.least(len(data))
-        order = _order(pos.epoch_samples, seed=seed, epoch=pos.epoch)
-        n_batches = len(order) // batch_size
-        if n_batches == 0:
-            raise DataError(f"batch_size={batch_size} but only {len(order)} training samples")
-        while pos.batch < n_batches:
+        plan = epoch_plan(data, pos.epoch_samples, batch_size=batch_size, seed=seed, epoch=pos.epoch)
+        while pos.batch < len(plan):
             b = pos.batch
             pos.batch += 1
-            yield data.collate(world.shard(order[b * batch_size:(b + 1) * batch_size]))
+            yield data.collate(world.shard(plan[b]))    # packed first, then sharded by row
         pos.epoch, pos.batch = pos.epoch + 1, 0
 
 
@@ -187,9 +200,8 @@ def _run_description(cfg: TrainConfig, model: nn.Module) -> dict[str, Any]:
     return {**resolved, "model": {**sizes, "params": count_params(model)}}
 
 
-def _epoch_progress(pos: Position, batch_size: int) -> float:
+def _epoch_progress(pos: Position, n_batches: int) -> float:
     """Epochs done, with the fraction of the current one (1.5: half-way through the second)."""
-    n_batches = len(split_indices(pos.epoch_samples)[0]) // batch_size
     return pos.epoch + pos.batch / max(n_batches, 1)
 
 
@@ -219,11 +231,16 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
     ``report`` and ``save`` are the caller's to make silent on ranks other than 0."""
     B, accum = cfg.batch_size, cfg.accum_steps
 
-    def total_steps() -> int:
+    @lru_cache(maxsize=4)
+    def batches_in(n_samples: int, epoch: int) -> int:
+        return len(epoch_plan(data, n_samples, batch_size=B, seed=cfg.seed, epoch=epoch))
+
+    def total_steps() -> int:      # (later epochs are taken to have as many steps as this one)
         if cfg.max_steps > 0:
             return cfg.max_steps
         done_epochs = pos.epoch + (pos.batch > 0)
-        per_epoch = steps_per_epoch(world.least(len(data)), batch_size=B, accum_steps=accum)
+        n_samples = pos.epoch_samples if pos.batch > 0 else world.least(len(data))
+        per_epoch = batches_in(n_samples, pos.epoch) // accum
         return pos.step + max(0, cfg.epochs - done_epochs) * per_epoch + \
             (per_epoch - pos.batch // accum if pos.batch > 0 else 0)
 
@@ -292,7 +309,8 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
                       "train/tokens_per_sec": win_real / max(elapsed, 1e-9),
                       "train/trained_tokens_per_sec": win_trained.item() / max(elapsed, 1e-9),
                       "train/step_time": elapsed / max(steps_in_window, 1e-9),
-                      "train/epoch": _epoch_progress(pos, B), "train/tokens_seen": pos.tokens_seen,
+                      "train/epoch": _epoch_progress(pos, batches_in(pos.epoch_samples, pos.epoch)),
+                      "train/tokens_seen": pos.tokens_seen,
                       "train/peak_memory_gb": _peak_memory_gb()}
             values.update({k: v.item() / win_micro for k, v in win_metrics.items()})
             log.scalars(pos.step, values)
