@@ -72,8 +72,10 @@ class PackedChat(ChatData):
     indices (one conversation per row, as `ChatData`: what evaluation uses)."""
 
     def plan(self, order: Sequence[int], *, batch_size: int) -> list[list[tuple[int, ...]]]:
-        """The epoch's micro-batches of ``batch_size`` packed rows."""
+        """The epoch's micro-batches of ``batch_size`` packed rows: every conversation of
+        ``order`` once (the last batch is filled up with empty rows, weight 0)."""
         rows = pack(order, [len(ids) for ids, _ in self.rows], capacity=self.seq_len + 1)
+        rows += [()] * (-len(rows) % batch_size)
         return [rows[b * batch_size:(b + 1) * batch_size] for b in range(len(rows) // batch_size)]
 
     def collate(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
@@ -87,7 +89,7 @@ def _collate_packed(rows: Sequence[Sequence[tuple[list[int], list[float]]]], *, 
                     seq_len: int) -> dict[str, np.ndarray]:
     """Rows of conversations, each ``(ids, weights)``, laid end to end and padded like
     unpacked rows (to a multiple of PAD_MULTIPLE, at most seq_len)."""
-    longest = max(sum(len(ids) for ids, _ in row) for row in rows) - 1
+    longest = max(max(sum(len(ids) for ids, _ in row) for row in rows) - 1, 1)
     L = min(seq_len, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
     tokens = np.full((len(rows), L + 1), pad_id, np.int32)              # (R, L+1)
     weights = np.zeros((len(rows), L), np.float32)                      # (R, L)

@@ -81,9 +81,7 @@ def epoch_plan(data: Dataset, n_samples: int, *, batch_size: int, seed: int,
     order = _order(n_samples, seed=seed, epoch=epoch)
     batches = epoch_batches(data, order, batch_size=batch_size)
     if not batches:
-        packed = f" (packed into fewer than {batch_size} rows; --no_packing: one per row)" \
-            if getattr(data, "plan", None) else ""
-        raise DataError(f"batch_size={batch_size} but only {len(order)} training samples{packed}")
+        raise DataError(f"batch_size={batch_size} but only {len(order)} training samples")
     return batches
 
 

@@ -76,7 +76,14 @@ def test_pack_is_first_fit_in_order_and_places_every_sample_once():
 
 def test_packed_batch_keeps_every_token_and_weight_of_each_conversation(files, tok):
     packed = dataset("r1", files, tok, packing=True)
-    rows = packed.plan(split_indices(len(packed))[0], batch_size=4)[0]
+    order = split_indices(len(packed))[0]
+    plan = packed.plan(order, batch_size=4)
+    assert all(len(b) == 4 for b in plan) and () in plan[-1]             # the last one filled up
+    assert sorted(i for b in plan for row in b for i in row) == order    # nothing left out
+    last = packed.collate(plan[-1])
+    empty = [r for r, row in enumerate(plan[-1]) if not row]
+    assert (last["weights"][empty] == 0).all() and (last["real_tokens"][empty] == 0).all()
+    rows = plan[0]
     assert any(len(row) > 2 for row in rows)
     batch = packed.collate(rows)
     L = batch["weights"].shape[1]
