@@ -1,8 +1,8 @@
 """Benchmark: one SFT epoch of mlx_train with sequence packing against the same epoch without,
 on the bundled SFT data (same model, conversations, batch size and row length), runs
-interleaved, each mode repeated.
+interleaved, each mode repeated. (``--task dpo``: length-grouped batches against shuffled ones.)
 
-    python benchmarks/bench_packing.py [--preset tiny|small] [--reps 3] [--samples 400]
+    python benchmarks/bench_packing.py [--task sft] [--preset tiny|small] [--reps 3] [--samples 400]
                                        [--batch_size 8] [--seq_len 256] [--packed_batch_sizes 8,1]
 
 Each run is a real ``python -m mlx_train.train --task sft --epochs 1`` logging every step; its
@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 
 
-def epoch_run(*, data: Path, out_dir: Path, name: str, preset: str, batch_size: int, seq_len: int,
+def epoch_run(*, task: str, data: Path, out_dir: Path, name: str, preset: str, batch_size: int, seq_len: int,
               packing: bool, epochs: int, seed: int, timeout: float) -> dict[str, float]:
-    """SFT epochs as their own process; its figures, read back from its TensorBoard log."""
+    """Training epochs as their own process; its figures, read back from its TensorBoard log."""
     tb = out_dir.parent / "tb"
-    argv = [sys.executable, "-m", "mlx_train.train", "--task", "sft", "--data_path", str(data),
+    argv = [sys.executable, "-m", "mlx_train.train", "--task", task, "--data_path", str(data),
             "--out_dir", str(out_dir), "--tensorboard_dir", str(tb), "--run_name", name,
             "--preset", preset, "--batch_size", str(batch_size), "--seq_len", str(seq_len),
             "--epochs", str(epochs), "--seed", str(seed), "--log_interval", "1",
@@ -78,11 +78,13 @@ def time_to(curve: list[tuple[float, float]], tokens: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="sft", choices=("sft", "r1", "dpo"),
+                        help="stage and bundled data (default sft; dpo: --packing groups pairs by length)")
     parser.add_argument("--preset", default="tiny", choices=("tiny", "small"),
                         help="model size (default tiny: a rep in about a minute; small: the issue's)")
     parser.add_argument("--reps", type=int, default=3, help="runs of each mode, interleaved (default 3)")
     parser.add_argument("--samples", type=int, default=400,
-                        help="the first N conversations of the bundled SFT data (default 400)")
+                        help="the first N lines of the task's bundled data (default 400)")
     parser.add_argument("--batch_size", type=int, default=8, help="rows per batch (default 8)")
     parser.add_argument("--seq_len", type=int, default=256, help="tokens per row (default 256)")
     parser.add_argument("--packed_batch_sizes", default=None,
@@ -97,18 +99,20 @@ def main(argv: list[str] | None = None) -> int:
 
     packed = [int(b) for b in (args.packed_batch_sizes or str(args.batch_size)).split(",")]
     modes = {"unpacked": (False, args.batch_size), **{f"packed b{b}": (True, b) for b in packed}}
+    if args.task == "dpo":
+        modes = {"ungrouped": (False, args.batch_size), **{f"grouped b{b}": (True, b) for b in packed}}
     with tempfile.TemporaryDirectory(prefix="bench_packing_") as tmp:
         root = Path(tmp)
-        lines = write_all(root / "data", seed=0)["sft"].read_text(encoding="utf-8").splitlines()
-        data = root / "sft.jsonl"
+        lines = write_all(root / "data", seed=0)[args.task].read_text(encoding="utf-8").splitlines()
+        data = root / f"{args.task}.jsonl"
         data.write_text("\n".join(lines[:args.samples]) + "\n", encoding="utf-8")
-        print(f"SFT, preset {args.preset}, {min(args.samples, len(lines))} conversations, seq_len "
+        print(f"{args.task}, preset {args.preset}, {min(args.samples, len(lines))} samples, seq_len "
               f"{args.seq_len}, batch " + ", ".join(f"{m} {b}" for m, (_, b) in modes.items())
               + f", {args.reps} reps interleaved, {os.cpu_count()} CPUs", flush=True)
         results: dict[str, list[dict]] = {m: [] for m in modes}
         for rep in range(args.reps):
             for mode, (packing, batch) in modes.items():
-                r = epoch_run(data=data, out_dir=root / "out", name=f"{mode.replace(' ', '-')}-{rep}",
+                r = epoch_run(task=args.task, data=data, out_dir=root / "out", name=f"{mode.replace(' ', '-')}-{rep}",
                               preset=args.preset,
                               batch_size=batch, seq_len=args.seq_len, packing=packing, epochs=args.epochs,
                               seed=rep, timeout=args.timeout)
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         **({"s for the last epoch": lambda r: r["last_epoch"]} if args.epochs > 1 else {}),
         "eval loss at the end": lambda r: r["eval_loss"],
     }
-    print(f"\nmin / median / max of {args.reps} runs; ratio: median / unpacked's median")
+    print(f"\nmin / median / max of {args.reps} runs; ratio: median / {next(iter(modes))}'s median")
     for label, of in figures.items():
         print(label)
         base = None

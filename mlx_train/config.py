@@ -92,8 +92,8 @@ class TrainConfig:
                         "included, removing older runs' folders (0: keep every run)")
     beta: float = _f(0.1, "DPO temperature beta")
     packing: bool = _f(True, "SFT/R1: pack several conversations into each row of seq_len+1 tokens, "
-                             "attention kept within each (--no_packing: one conversation per row, "
-                             "padded)")
+                             "attention kept within each; DPO: batch pairs of similar length "
+                             "(--no_packing: one conversation per row, batches as drawn)")
     reload_data: bool = _f(False, "re-read --data_path at each epoch boundary (growing files)")
     tokenizer_dir: str | None = _f(None, "use this tokenizer folder instead of the cached one")
     sample_tokens: int = _f(48, "tokens generated for the text sample at each evaluation")

@@ -223,12 +223,14 @@ class PairData(ChatData):
 
 def make_dataset(task: str, tok: Tok, seq_len: int, *, packing: bool = False) -> Dataset:
     """An empty dataset of the right kind for ``task``; with ``packing``, SFT and R1 pack
-    several conversations into each training row (`mlx_train.packing`)."""
+    several conversations into each training row and DPO batches pairs of similar length
+    (`mlx_train.packing`)."""
+    from mlx_train.packing import GroupedPairs, PackedChat  # (packing imports this module)
+
     if task == "pretrain":
         return PackedText(tok, seq_len)
     if task == "dpo":
-        return PairData(tok, seq_len)
-    from mlx_train.packing import PackedChat  # (packing imports this module)
+        return GroupedPairs(tok, seq_len) if packing else PairData(tok, seq_len)
     kind = PackedChat if packing else ChatData
     return kind(tok, seq_len, tag_weight=R1_TAG_WEIGHT if task == "r1" else 1.0)
 

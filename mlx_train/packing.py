@@ -1,5 +1,6 @@
 """Sequence packing for SFT and R1: several conversations share one row of seq_len+1 tokens, and
-attention stays within each (a block-diagonal causal mask).
+attention stays within each (a block-diagonal causal mask). DPO, whose loss needs each answer
+on a row of its own, gets length-grouped batches instead (less padding).
 
 Positions run on through a row: conversation 2 of a row sits at positions 40..75 rather than
 0..35. With rotary embeddings that changes nothing — a query-key score depends only on the two
@@ -24,11 +25,13 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mlx_train.data import PAD_MULTIPLE, ChatData, Dataset
+from mlx_train.data import PAD_MULTIPLE, ChatData, Dataset, PairData
 
-__all__ = ["OPEN_ROWS", "PackedChat", "epoch_batches", "pack", "packed_forward", "segment_mask"]
+__all__ = ["GROUP_BATCHES", "OPEN_ROWS", "GroupedPairs", "PackedChat", "epoch_batches",
+           "group_by_length", "pack", "packed_forward", "segment_mask"]
 
-OPEN_ROWS = 64     # rows a conversation may still join (first fit); older rows are closed
+OPEN_ROWS = 64       # rows a conversation may still join (first fit); older rows are closed
+GROUP_BATCHES = 16   # length grouping sorts windows of this many batches of the shuffled order
 
 
 def pack(order: Sequence[int], lengths: Sequence[int], *, capacity: int,
@@ -63,6 +66,31 @@ def epoch_batches(data: Dataset, order: Sequence[int], *, batch_size: int) -> li
     if plan is not None:
         return plan(order, batch_size=batch_size)
     return [list(order[b * batch_size:(b + 1) * batch_size]) for b in range(len(order) // batch_size)]
+
+
+def group_by_length(order: Sequence[int], lengths: Sequence[int], *, batch_size: int,
+                    window: int = GROUP_BATCHES) -> list[list[int]]:
+    """Batches of samples of similar length: the whole batches of ``order`` (a remainder short
+    of a batch is left out, as without grouping) are taken ``window`` batches at a time, sorted
+    by length and cut into batches, which are then shuffled within their window (seeded by the
+    window's samples: the same order gives the same batches)."""
+    usable = list(order[:len(order) // batch_size * batch_size])
+    batches: list[list[int]] = []
+    for w in range(0, len(usable), window * batch_size):
+        chunk = usable[w:w + window * batch_size]
+        by_length = sorted(chunk, key=lambda i: lengths[i])
+        cut = [by_length[b:b + batch_size] for b in range(0, len(by_length), batch_size)]
+        batches += [cut[k] for k in np.random.default_rng(chunk).permutation(len(cut))]
+    return batches
+
+
+class GroupedPairs(PairData):
+    """DPO pairs batched with pairs of similar length (`group_by_length` on the longer answer)."""
+
+    def plan(self, order: Sequence[int], *, batch_size: int) -> list[list[int]]:
+        """The epoch's micro-batches of ``batch_size`` pairs."""
+        lengths = [max(len(chosen[0]), len(rejected[0])) for chosen, rejected in self.pairs]
+        return group_by_length(order, lengths, batch_size=batch_size)
 
 
 class PackedChat(ChatData):

@@ -22,7 +22,7 @@ from mlx_train.data import ChatData, JsonlSource, make_dataset, split_indices
 from mlx_train.datagen import write_all
 from mlx_train.distributed import World
 from mlx_train.model import build_model, model_config
-from mlx_train.packing import PackedChat, pack, packed_forward, segment_mask
+from mlx_train.packing import GroupedPairs, PackedChat, group_by_length, pack, packed_forward, segment_mask
 from mlx_train.stages import lm_loss
 from mlx_train.tokenizer import Tok, render_chat, train_tokenizer
 from mlx_train.trainer import Position, epoch_plan, evaluate, make_step, micro_batches
@@ -257,8 +257,23 @@ def _scalars(tbdir: Path) -> dict[str, dict[int, float]]:
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
 
 
-def test_packing_leaves_dpo_and_evaluation_unpacked(files, tok):
-    assert type(dataset("dpo", files, tok, packing=True)).__name__ == "PairData"
+def test_dpo_groups_pairs_by_length_and_evaluation_stays_unpacked(files, tok):
+    grouped = dataset("dpo", files, tok, packing=True)
+    assert isinstance(grouped, GroupedPairs) and type(dataset("dpo", files, tok, packing=False)).__name__ == "PairData"
+    order = split_indices(len(grouped))[0]
+    plan = grouped.plan(order, batch_size=4)
+    assert plan == grouped.plan(order, batch_size=4)                       # deterministic
+    assert all(len(b) == 4 for b in plan) and len(plan) == len(order) // 4
+    assert sorted(i for b in plan for i in b) == sorted(order[:len(plan) * 4])   # each once
+    # less padding than consecutive samples of the same order
+    shuffled = [order[b * 4:(b + 1) * 4] for b in range(len(order) // 4)]
+    width = lambda batches: sum(grouped.collate(b)["weights"].size for b in batches)   # noqa: E731
+    assert width(plan) < width(shuffled)
+    # within a window the batches are sorted, then shuffled
+    lengths = [5, 1, 4, 2, 8, 7, 3, 6, 9]
+    batches = group_by_length([0, 1, 2, 3, 4, 5, 6, 7, 8], lengths, batch_size=2, window=2)
+    assert sorted(map(sorted, batches[:2])) == [[0, 2], [1, 3]] and sorted(map(sorted, batches[2:])) == [[4, 5], [6, 7]]
+
     packed = dataset("sft", files, tok, packing=True)
     assert isinstance(packed, PackedChat)
     plain = dataset("sft", files, tok, packing=False)
