@@ -60,8 +60,8 @@ def pack(order: Sequence[int], lengths: Sequence[int], *, capacity: int,
 
 def epoch_batches(data: Dataset, order: Sequence[int], *, batch_size: int) -> list[list[Any]]:
     """An epoch's micro-batches (global, before sharding) from its shuffled sample ``order``:
-    what ``data.collate`` takes. Consecutive samples, unless the dataset plans its own
-    (`PackedChat`: packed rows). A remainder short of a batch is left out."""
+    what ``data.collate`` takes. Consecutive samples (a remainder short of a batch left out),
+    unless the dataset plans its own: `PackedChat` packed rows, `GroupedPairs` length groups."""
     plan = getattr(data, "plan", None)
     if plan is not None:
         return plan(order, batch_size=batch_size)
