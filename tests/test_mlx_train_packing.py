@@ -218,7 +218,7 @@ def test_ranks_take_disjoint_rows_of_the_packed_global_batch(files, tok):
 # ---- real runs ----
 
 @pytest.mark.parametrize("task", ["sft", "r1"])
-def test_packed_run_trains_fewer_steps_per_epoch_and_resumes_exactly(tmp_path, files, task):
+def test_packed_run_trains_fewer_steps_per_epoch_and_resumes_exactly(tmp_path, files, task, capsys):
     base = ["--task", task, "--data_path", str(files[task]), "--run_name", "r", "--preset", "tiny",
             "--hidden_size", "64", "--num_heads", "4", "--intermediate_size", "128", "--seq_len", "256",
             "--vocab_size", "400", "--batch_size", "4", "--warmup_steps", "2", "--log_interval", "1",
@@ -234,12 +234,15 @@ def test_packed_run_trains_fewer_steps_per_epoch_and_resumes_exactly(tmp_path, f
     assert state["tokens_seen"] == pytest.approx(plain_steps["tokens_seen"], rel=0.1)
     assert state["epoch"] == 0 and state["batch"] == state["step"]
 
-    # killed after step 3: the resumed run takes the same packed batches
+    # killed after step 3: the resumed run takes the same packed batches (even when told
+    # --no_packing: its data position counts packed batches)
     full = _scalars(tmp_path / "tb" / "r")
     for ckpt in sorted((tmp_path / "packed" / "r").glob("step_*"))[1:]:
         shutil.rmtree(ckpt)
-    assert train.main([*base, "--out_dir", str(tmp_path / "packed"), "--resume",
+    capsys.readouterr()
+    assert train.main([*base, "--out_dir", str(tmp_path / "packed"), "--resume", "--no_packing",
                        "--tensorboard_dir", str(tmp_path / "tb2")]) == 0
+    assert "--resume: packing stays on as the run started" in capsys.readouterr().err
     resumed = _scalars(tmp_path / "tb2" / "r")
     assert sorted(resumed["train/loss"]) == list(range(4, state["step"] + 1))
     for s, loss in resumed["train/loss"].items():
