@@ -42,6 +42,7 @@ def atomic_file(target: Path, *, encoding: str = "utf-8") -> Iterator[IO[str]]:
     """Write text to ``target`` all at once: a unique temporary, fsynced, then ``os.replace``.
 
     Readers see the old file or the new one, never a part; an exception removes the temporary.
+    A failed write (a full disk) is an ``OSError`` naming ``target``.
     """
     target = Path(target)
     tmp = temp_path(target)
@@ -51,6 +52,11 @@ def atomic_file(target: Path, *, encoding: str = "utf-8") -> Iterator[IO[str]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None and e.errno is not None:     # write() and flush() don't say which file
+            raise OSError(e.errno, e.strerror, str(target)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -36,6 +36,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_train import atomic
 from mlx_train.config import RUN_NAME_RE, TrainConfig, save_config
+from mlx_train.errors import save_arrays
 from mlx_train.runs import CheckpointError, Run, is_checkpoint, last_saved, list_checkpoints, list_runs, newest_run
 from mlx_train.tokenizer import TOKENIZER_FILES, Tok
 
@@ -85,11 +86,10 @@ def save_checkpoint(run: Run, *, out_dir: Path, step: int, model: nn.Module, mod
     tmp.mkdir()
     try:
         weights = dict(tree_flatten(model.parameters()))
-        mx.save_safetensors(str(tmp / WEIGHTS), weights,
-                            metadata={"format": "mlx", "step": str(step), "run": run.name})
+        save_arrays(tmp / WEIGHTS, weights, metadata={"format": "mlx", "step": str(step), "run": run.name})
         (tmp / "config.json").write_text(json.dumps(model_cfg, indent=2) + "\n", encoding="utf-8")
         tok.save(tmp, max_length=model_cfg.get("max_position_embeddings", 2048))
-        mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+        save_arrays(tmp / "optimizer.safetensors", dict(tree_flatten(optimizer.state)))
         state = dict(trainer_state, step=step, run_name=run.name)
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         save_config(train_cfg, tmp / "train_config.json")

@@ -17,6 +17,7 @@ complete lines added since the previous read.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,15 +48,21 @@ class JsonlSource:
         self.offset = 0      # bytes consumed
         self.line = 0        # lines consumed
 
-    def read_new(self, *, growing: bool = False) -> list[dict]:
-        """Parse the lines after the last read. Raises DataError naming file and line."""
+    def read_new(self, *, growing: bool = False,
+                 agree: Callable[[int], int] | None = None) -> list[dict]:
+        """Parse the lines after the last read. Raises DataError naming file and line.
+
+        ``agree`` (ranks reading a file that may still grow): given the number of records read,
+        returns how many to keep (the least any rank read: `World.least`); the rest are left
+        for the next read, so every rank holds the same records."""
         try:
             with self.path.open("rb") as f:
                 f.seek(self.offset)
                 chunk = f.read()
         except OSError as e:
             raise DataError(f"{self.path}: cannot read ({e.strerror or e})") from None
-        records = []
+        start = (self.offset, self.line)
+        records, ends = [], []          # ends: (offset, line) after each record
         pieces = chunk.split(b"\n")
         tail = pieces.pop()              # b"" when the chunk ends with a newline
         for raw in pieces:
@@ -63,6 +70,7 @@ class JsonlSource:
             self.offset += len(raw) + 1
             if raw.strip():
                 records.append(self._parse(raw, self.line))
+                ends.append((self.offset, self.line))
         if tail.strip():
             try:
                 record = self._parse(tail, self.line + 1)
@@ -73,6 +81,12 @@ class JsonlSource:
                 self.line += 1
                 self.offset += len(tail)
                 records.append(record)
+                ends.append((self.offset, self.line))
+        if agree is not None:
+            keep = agree(len(records))
+            if keep < len(records):
+                self.offset, self.line = ends[keep - 1] if keep else start
+                records = records[:keep]
         return records
 
     def _parse(self, raw: bytes, line: int) -> dict:
@@ -83,10 +97,37 @@ class JsonlSource:
             raise DataError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise DataError(f"{where}: JSON nested too deeply") from None
+        except ValueError as e:         # an integer of more than 4300 digits
+            raise DataError(f"{where}: invalid JSON ({str(e).split(';')[0]})") from None
+        if _SURROGATE.search(raw):
+            _check_unicode(obj, where, raw)
         try:
             return self.parse(obj)
         except ValueError as e:
             raise DataError(f"{where}: {e}") from None
+
+
+# a \uD800-\uDFFF escape: JSON allows one alone, but it is no character (text with one can't be
+# tokenized or written as UTF-8); a high one followed by a low one is a valid pair
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})|"
+                             rb"(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _check_unicode(obj: object, where: str, raw: bytes) -> None:
+    """DataError if a string in ``obj`` holds a lone surrogate (from a ``\\ud800`` escape)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply") from None
+    except UnicodeEncodeError:
+        match = _LONE_SURROGATE.search(raw)
+        at = f" at column {len(raw[:match.start()].decode('utf-8')) + 1}" if match else ""
+        escape = match[0].decode() if match else "\\ud800-\\udfff"
+        raise DataError(f"{where}: invalid Unicode (a lone surrogate {escape}{at}: "
+                        "not a character)") from None
 
 
 def tokenizer_texts(task: str, records: Sequence[dict], render: Callable) -> list[str]:
@@ -251,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``export`` first, a task's data file as mlx-lm's train.jsonl/valid.jsonl."""
     from mlx_train.config import OneLineParser
     from mlx_train.datagen import write_all
+    from mlx_train.errors import report_os_error
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["export"]:
@@ -271,22 +313,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         paths = write_all(Path(args.out_dir), seed=args.seed, scale=args.scale)
     except OSError as e:
-        print(f"error: cannot write {args.out_dir}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        return report_os_error(e)
     _list_written(paths)
     return 0
 
 
 def _list_written(paths: dict[str, Path]) -> None:
-    """One line per file written: what it is, where, how many lines and kilobytes (the command's output)."""
+    """One line per file written: what it is, where, how many lines and kilobytes (a note: on stderr)."""
     for name, path in paths.items():
         lines = sum(1 for _ in path.open(encoding="utf-8"))
-        print(f"{name:9s} {path}  ({lines} lines, {path.stat().st_size / 1024:.0f} KB)")
+        print(f"{name:9s} {path}  ({lines} lines, {path.stat().st_size / 1024:.0f} KB)", file=sys.stderr)
 
 
 def export_main(argv: Sequence[str]) -> int:
     """``export``: read and validate a task's data file, write it as mlx-lm's train/valid JSONL."""
     from mlx_train.config import OneLineParser
+    from mlx_train.errors import report_os_error
     from mlx_train.formats import export
 
     parser = OneLineParser(
@@ -307,8 +349,7 @@ def export_main(argv: Sequence[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: cannot write {args.out_dir}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        return report_os_error(e)
     _list_written(paths)
     return 0
 

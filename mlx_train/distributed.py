@@ -9,14 +9,18 @@ numbers are bit for bit those of a plain run.
 
 from __future__ import annotations
 
+import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 
-__all__ = ["SINGLE", "RankMismatch", "World", "init_world"]
+__all__ = ["RANK_LOG", "SINGLE", "RankMismatch", "World", "init_world"]
+
+RANK_LOG = "MLX_TRAIN_RANK_LOG"    # a folder: each rank appends its decisions to rank<N>.log
 
 
 class RankMismatch(ValueError):
@@ -37,7 +41,10 @@ class World:
         return self.rank == 0
 
     def shard(self, items: Sequence[Any]) -> Sequence[Any]:
-        """This rank's contiguous, disjoint slice of a global batch (its length must divide)."""
+        """This rank's contiguous, disjoint slice of a global batch (ValueError unless its
+        length divides by the number of ranks)."""
+        if len(items) % self.size:
+            raise ValueError(f"a batch of {len(items)} does not split over {self.size} ranks")
         n = len(items) // self.size
         return items[self.rank * n:(self.rank + 1) * n]
 
@@ -58,6 +65,27 @@ class World:
         if self.size == 1:
             return value
         return int(mx.distributed.all_min(mx.array(value), group=self.group).item())
+
+    def agreed(self, what: str) -> Callable[[int], int]:
+        """``n -> least(n)``, noting both in this rank's log (`note`) as ``what``: how ranks
+        agree on a count each found for itself (lines read from a growing file)."""
+        def agree(value: int) -> int:
+            least = self.least(value)
+            self.note(f"{what}: {value} here, {least} on every rank")
+            return least
+        return agree
+
+    def note(self, message: str) -> None:
+        """Append ``message`` to ``$MLX_TRAIN_RANK_LOG/rank<N>.log`` when that variable names a
+        folder (each rank's own record of what it decided; nothing otherwise)."""
+        folder = os.environ.get(RANK_LOG, "")
+        if not folder:
+            return
+        try:
+            with open(Path(folder) / f"rank{self.rank}.log", "a", encoding="utf-8") as log:
+                log.write(message + "\n")
+        except OSError:
+            pass          # a diagnostic: never the reason a run fails
 
     def same_everywhere(self, **facts: Any) -> list[str]:
         """The names of ``facts`` (anything with a stable ``repr``) that differ between ranks."""

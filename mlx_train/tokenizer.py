@@ -15,6 +15,8 @@ from pathlib import Path
 import jinja2
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from mlx_train.errors import os_error_from
+
 __all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "TAG_TOKENS", "TOKENIZER_FILES", "Tok", "chat_turns",
            "render_chat", "train_tokenizer"]
 
@@ -114,7 +116,13 @@ def save_tokenizer(tok: Tokenizer, *, out_dir: Path, max_length: int = 2048) -> 
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out_dir / "tokenizer.json"))
+    try:
+        tok.save(str(out_dir / "tokenizer.json"))
+    except Exception as e:          # tokenizers: a bare Exception("... (os error 28)")
+        failure = os_error_from(e, out_dir / "tokenizer.json")
+        if failure is None:
+            raise
+        raise failure from None
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": None,

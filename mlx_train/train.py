@@ -38,6 +38,7 @@ from mlx_train.checkpoint import (
 from mlx_train.config import TrainConfig, UsageError, build_parser, model_dims, resolve_config
 from mlx_train.data import DataError, JsonlSource, make_dataset, split_indices, tokenizer_texts
 from mlx_train.distributed import SINGLE, RankMismatch, World, init_world
+from mlx_train.errors import quiet_background_writes, report_os_error
 from mlx_train.runs import (
     CheckpointError,
     Run,
@@ -153,7 +154,7 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
 
     # ---- data: every line validated before anything is written ----
     source = JsonlSource(Path(cfg.data_path), cfg.task)
-    records = source.read_new(growing=cfg.reload_data)
+    records = source.read_new(growing=cfg.reload_data, agree=world.agreed("lines"))
     if not records:
         raise DataError(f"{cfg.data_path}: no samples")
     n_lines = len(split_indices(len(records))[0])
@@ -319,7 +320,8 @@ def _say_run(cfg: TrainConfig, run_: Run, *, resumed: bool, report) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    world = SINGLE
+    world, cfg = SINGLE, None
+    quiet_background_writes()     # a full disk is said once, below, not by each writer thread
     try:
         check_only = getattr(build_parser().parse_args(argv), "check", False)
         cfg = resolve_config(argv)
@@ -341,8 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_SIGINT
     except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return report_os_error(e, out_dir=cfg and cfg.out_dir, run_name=cfg and cfg.run_name,
+                               tensorboard_dir=cfg and cfg.tensorboard_dir)
     return EXIT_OK
 
 

@@ -95,11 +95,10 @@ def micro_batches(data: Dataset, source: JsonlSource | None, pos: Position, *,
     """
     while True:
         if pos.batch == 0:
-            if reload and source is not None:
-                data.extend(source.read_new(growing=True))
-            # a growing file may have gained lines between the ranks' reads: all take the
-            # samples every rank has (the rest join at the next epoch)
+            if reload and source is not None:   # every rank keeps the lines all of them read
+                data.extend(source.read_new(growing=True, agree=world.agreed(f"epoch {pos.epoch} new lines")))
             pos.epoch_samples = world.least(len(data))
+            world.note(f"epoch {pos.epoch}: {pos.epoch_samples} samples")
         plan = epoch_plan(data, pos.epoch_samples, batch_size=batch_size, seed=seed, epoch=pos.epoch)
         while pos.batch < len(plan):
             b = pos.batch
@@ -143,8 +142,9 @@ def evaluate(model: nn.Module, loss_fn: LossFn, data: Dataset, *, batch_size: in
     batches: each rank evaluates its slice, the sums are reduced).
 
     Uses training samples when the data is too small to hold out a batch."""
-    train, val = split_indices(len(data))
+    train, val = split_indices(world.least(len(data)))     # the same pool on every rank
     pool = val if len(val) >= batch_size else train
+    world.note(f"eval pool: {len(pool)} samples")
     total, count, nll = 0.0, 0.0, 0.0
     for b in range(min(num_batches, len(pool) // batch_size)):
         rows = world.shard(pool[b * batch_size:(b + 1) * batch_size])

@@ -37,3 +37,10 @@ except ModuleNotFoundError as _missing:
             raise ModuleNotFoundError(f"tb_lazy needs {_MISSING.name!r}, which this interpreter lacks",
                                       name=_MISSING.name)
         raise AttributeError(f"module 'tb_lazy' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext tb_lazy``: registers the ``%tb_lazy`` magic (see ``tb_lazy.notebook``)."""
+    from tb_lazy.notebook import register
+
+    register(ipython)

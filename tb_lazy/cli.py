@@ -20,6 +20,7 @@ from tb_lazy import __version__, registry
 from tb_lazy.config import DEFAULT_HOST, DEFAULT_PORT, UsageError, check_logdir
 from tb_lazy.launch import Failed, Served
 from tb_lazy.messages import note, tunnel, warn
+from tb_lazy.process import start_wall_time
 from tb_lazy.statefiles import shown
 from tb_lazy.watch import Skipped, watch
 
@@ -82,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--timeout", metavar="SECONDS", help="give up (exit 0) if no event data is written within SECONDS")
     w.add_argument("--json", action="store_true", help="print one JSON object instead of the URL line")
 
-    ls = commands.add_parser("list", help="show running TensorBoards (URL, pid, logdir, log file, age)")
+    ls = commands.add_parser(
+        "list", help="show running TensorBoards (URL, pid, state: serving/stopped/not answering, age, logdir, log file)"
+    )
     ls.add_argument("--json", action="store_true", help="print a JSON array")
 
     st = commands.add_parser("stop", help="stop the TensorBoard tb_lazy started for DIR, or all of them")
@@ -116,6 +119,7 @@ def _run_watch(args: argparse.Namespace) -> int:
             existing=args.existing,
             stop=stop,
             on_served=lambda served: _print_served(served, as_json=args.json),
+            began=_process_start(args),
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -126,6 +130,13 @@ def _run_watch(args: argparse.Namespace) -> int:
     if isinstance(outcome, Skipped):
         (warn if outcome.warning else note)(outcome.reason)
     return 0
+
+
+def _process_start(args: argparse.Namespace) -> float | None:
+    """The command's own process start, when ``main`` runs as the command (``argv`` None):
+    the run began no later, so data written while Python was still importing counts.
+    None when a caller runs ``main([...])`` in its own process: then the call is the start."""
+    return start_wall_time(os.getpid()) if args.as_command else None
 
 
 def _age(seconds: float) -> str:
@@ -139,22 +150,23 @@ def _age(seconds: float) -> str:
 
 def _run_list(args: argparse.Namespace) -> int:
     instances = registry.running()
+    states = [registry.state_of(i) for i in instances]
     if args.json:
-        rows = [{"url": i.url, **i.to_json()} for i in instances]
+        rows = [{"url": i.url, **i.to_json(), "state": state} for i, state in zip(instances, states, strict=True)]
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
     if not instances:
         note("no TensorBoard is running")
         return 0
     now = time.time()
-    rows = [("URL", "PID", "AGE", "LOGDIR", "LOG")]
-    for i in instances:
+    rows = [("URL", "PID", "STATE", "AGE", "LOGDIR", "LOG")]
+    for i, state in zip(instances, states, strict=True):
         log = i.log_file or "(started outside tb_lazy)"
         age = _age(now - i.started) if i.started else "?"
-        rows.append(tuple(map(shown, (i.url, str(i.pid), age, i.logdir, log))))
-    widths = [max(len(row[c]) for row in rows) for c in range(4)]
+        rows.append(tuple(map(shown, (i.url, str(i.pid), state, age, i.logdir, log))))
+    widths = [max(len(row[c]) for row in rows) for c in range(5)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[5])
     return 0
 
 
@@ -180,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.as_command = argv is None
         run = {"watch": _run_watch, "list": _run_list, "stop": _run_stop}[args.command]
         return run(args)
     except UsageError as error:

@@ -15,6 +15,7 @@ MAX_PID = 4_194_304 if sys.platform.startswith("linux") else 99_999 if sys.platf
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6006
 MAX_POLL = 3600.0  # seconds: a longer polling interval would mean never noticing the run
+MIN_POLL = 0.05  # seconds: a shorter one would only burn CPU (each scan walks the whole tree)
 RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID", "MLX_RANK")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -59,14 +60,16 @@ def parse_port(name: str, value: str | int) -> int:
     return port
 
 
-def parse_seconds(name: str, value: str | float, *, most: float | None = None) -> float:
-    """A positive, finite duration in seconds (at most ``most``, if given)."""
+def parse_seconds(name: str, value: str | float, *, most: float | None = None, least: float | None = None) -> float:
+    """A positive, finite duration in seconds (at least ``least`` and at most ``most``, if given)."""
     try:
         seconds = float(str(value).strip())
     except ValueError:
         raise UsageError(f"{name}={value!r} is not a number of seconds") from None
     if not 0 < seconds < float("inf"):
         raise UsageError(f"{name}={value!r} must be a positive number of seconds")
+    if least is not None and seconds < least:
+        raise UsageError(f"{name}={value!r} is too short (at least {least:g} seconds)")
     if most is not None and seconds > most:
         raise UsageError(f"{name}={value!r} is too long (at most {most:g} seconds)")
     return seconds
@@ -141,7 +144,7 @@ def resolve(
         host=host.strip(),
         port=parse_port("--port", port),
         keep=keep,
-        poll=None if poll is None else parse_seconds("--poll", poll, most=MAX_POLL),
+        poll=None if poll is None else parse_seconds("--poll", poll, most=MAX_POLL, least=MIN_POLL),
         timeout=None if timeout is None else parse_seconds("--timeout", timeout),
         exit_with=None if exit_with is None else parse_pid("--exit-with", exit_with),
         existing=existing,

@@ -132,6 +132,9 @@ class _Handler(FileSystemEventHandler):
         return any(_inside(path, root) for root in self.roots)
 
     def _file(self, path: str) -> None:
+        if _inside(self.target, path):  # a link (or a file) on the way to the log folder: it may lead elsewhere now
+            self.moved_on = True
+            self._wake.set()
         if not self._counts(path):
             return
         if is_event_file(path):
@@ -273,7 +276,7 @@ class _Waiter:
                 return found
             if folders and tree:
                 _check_watched(observer, watches, folders)
-            if self.handler.moved_on:
+            if self.handler.moved_on or self._relinked(anchor):
                 return _MOVED_ON
             if self.should_stop():  # one last look: a run that logged just before ending still counts
                 return _first_new(self.run, Tree(self.handler.target).files) if self.logdir.is_dir() else None
@@ -283,6 +286,12 @@ class _Waiter:
             self.wake.wait(remaining)
             self.wake.clear()
 
+
+    def _relinked(self, anchor: Path) -> bool:
+        """True if the log folder now leads somewhere else: a symlink on the way to it was
+        created, replaced or re-pointed (inotify reports nothing about the link's target),
+        or the nearest existing folder on the way changed (appeared, went, became a file)."""
+        return os.path.realpath(self.logdir) != self.handler.target or nearest_existing(self.logdir) != anchor
 
 def _first_new(run: RunData, paths: list[str]) -> Path | None:
     return next((Path(path) for path in paths if run.check(path)), None)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from tb_lazy.instance import Instance
-from tb_lazy.process import check_time, started_no_later_than, working_folder
-from tb_lazy.statefiles import load_json, pid_and_port
+from tb_lazy.process import check_time, is_mine, socket_states, started_no_later_than, working_folder
+from tb_lazy.statefiles import NotMine, load_json, pid_and_port
 
 
 def _info_dir() -> Path:
@@ -49,8 +49,11 @@ def logdir_spec_folders(spec: str, cwd: str | None) -> tuple[str, ...]:
 def tensorboard_infos() -> tuple[list[Instance], list[tuple[Path, str]]]:
     """TensorBoards found through their own info files (never ours to stop).
 
-    An info file is trusted only while its process runs and started no later than the
-    file says it was written: a process started after that only inherited the PID. Its
+    The info folder is writable by everyone: only files owned by the current user, naming
+    a process of the current user, count. Such a file is trusted while its process listens
+    on the file's port, or started no later than the file says it was written (a process
+    started after that only inherited the PID; a clock step can move that comparison,
+    the listening socket it can't). Its
     ``logdir`` is as the user typed it — relative to that process's working folder, or a
     ``--logdir_spec`` — and its ``path_prefix`` is part of its URL.
     """
@@ -62,12 +65,12 @@ def tensorboard_infos() -> tuple[list[Instance], list[tuple[Path, str]]]:
     for path in paths:
         try:
             pid, port, logdir, start_time, prefix = _parse_info(load_json(path))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotMine):
             continue
         except (OSError, ValueError) as error:
             bad.append((path, str(error)))
             continue
-        if not logdir or not started_no_later_than(pid, start_time):
+        if not logdir or not is_mine(pid) or not (_listens(pid, port) or started_no_later_than(pid, start_time)):
             continue
         folders = logdir_spec_folders(logdir, working_folder(pid))
         if not folders:
@@ -78,3 +81,8 @@ def tensorboard_infos() -> tuple[list[Instance], list[tuple[Path, str]]]:
                      path_prefix=prefix, folders=folders)
         )
     return found, bad
+
+
+def _listens(pid: int, port: int) -> bool:
+    states = socket_states(pid, port)
+    return states is not None and "LISTEN" in states

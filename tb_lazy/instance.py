@@ -34,6 +34,8 @@ class Instance:
     owner: Identity | None = None
     path_prefix: str = ""  # TensorBoard's --path_prefix: its pages live under this path
     folders: tuple[str, ...] = ()  # the folders a --logdir_spec names; empty: just ``logdir``
+    boot_start: float | None = None  # its start in seconds since boot, which no clock step moves (Linux)
+    boot_id: str | None = None  # ... of this boot
 
     @property
     def url(self) -> str:
@@ -46,7 +48,8 @@ class Instance:
 
     @property
     def identity(self) -> Identity:
-        return Identity(pid=self.pid, create_time=self.create_time, cmdline=self.cmdline)
+        return Identity(pid=self.pid, create_time=self.create_time, cmdline=self.cmdline, boot_start=self.boot_start,
+                        boot_id=self.boot_id)
 
     def serves(self, logdir: Path) -> bool:
         """True when one of this instance's log folders is ``logdir`` or one of its ancestors."""

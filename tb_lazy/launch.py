@@ -95,6 +95,13 @@ def answers(
     host: str, port: int, *, logdir: Path | None = None, timeout: float = 1.0, path_prefix: str = ""
 ) -> bool:
     """True if a TensorBoard answers HTTP on ``host:port`` (serving ``logdir``, if given)."""
+    location = data_location(host, port, timeout=timeout, path_prefix=path_prefix)
+    return location is not None and (logdir is None or location == os.fspath(logdir))
+
+
+def data_location(host: str, port: int, *, timeout: float = 1.0, path_prefix: str = "") -> str | None:
+    """The ``--logdir`` (or ``--logdir_spec``) a TensorBoard on ``host:port`` reports through
+    its own ``/data/environment`` route, as it was given; None if nothing answers so."""
     import json
     import urllib.request  # here, not at the top: it pulls in ssl and email (~7 MB idle)
 
@@ -102,10 +109,11 @@ def answers(
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             if response.status != 200:
-                return False
-            return logdir is None or json.loads(response.read()).get("data_location") == os.fspath(logdir)
-    except (OSError, ValueError):  # URLError is an OSError
-        return False
+                return None
+            location = json.loads(response.read(1 << 16)).get("data_location")
+    except (OSError, ValueError, AttributeError):  # URLError is an OSError; JSON that isn't an object
+        return None
+    return location if isinstance(location, str) else None
 
 
 def port_is_free(host: str, port: int) -> bool:

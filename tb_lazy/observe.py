@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -92,15 +93,50 @@ def started(factory: Callable[[float | None], BaseObserver], poll: float | None,
 def unwatched(observer: BaseObserver, watch: ObservedWatch, folders: Iterable[str]) -> str | None:
     """A folder of ``folders`` that inotify should watch under ``watch`` but doesn't.
 
-    watchdog skips subfolders it can't watch (watch limit reached) without a word; its
-    inotify emitter keeps the folders it does watch, which is what we compare against.
-    None when all are watched, or when the observer isn't inotify (nothing to check).
+    watchdog skips subfolders it can't watch (watch limit reached) without a word. What
+    inotify really watches is read from the kernel (``/proc/self/fdinfo`` of this process's
+    inotify instances: the device and inode of every watched folder), not from watchdog's
+    private state, which differs between its versions. None when all are watched, or when
+    the observer isn't inotify (nothing to check).
     """
-    emitter = getattr(observer, "_emitter_for_watch", {}).get(watch)
-    watched = getattr(getattr(emitter, "_inotify", None), "_active_callbacks_by_path", None)
-    if not isinstance(watched, dict):
+    if isinstance(observer, PollingObserver):
+        return None
+    watched = inotify_watched()
+    if watched is None:
         return None
     for folder in folders:
-        if os.fsencode(folder) not in watched and os.path.isdir(folder) and not os.path.islink(folder):
+        try:
+            info = os.stat(folder)
+        except OSError:
+            continue  # gone again: nothing to watch there
+        if stat.S_ISDIR(info.st_mode) and not os.path.islink(folder) and (info.st_dev, info.st_ino) not in watched:
             return folder
     return None
+
+
+def inotify_watched(proc: Path = Path("/proc/self")) -> set[tuple[int, int]] | None:
+    """(device, inode) of every folder watched by this process's inotify instances; None
+    where that can't be read (not Linux, or no inotify instance)."""
+    try:
+        fds = os.listdir(proc / "fd")
+    except OSError:
+        return None
+    watched: set[tuple[int, int]] = set()
+    instances = 0
+    for fd in fds:
+        try:
+            if os.readlink(proc / "fd" / fd) != "anon_inode:inotify":
+                continue
+            text = (proc / "fdinfo" / fd).read_text()
+        except OSError:
+            continue
+        instances += 1
+        for line in text.splitlines():
+            if line.startswith("inotify "):
+                fields = dict(part.split(":", 1) for part in line.split()[1:] if ":" in part)
+                try:
+                    device = int(fields["sdev"], 16)  # the kernel's encoding: major << 20 | minor
+                    watched.add((os.makedev(device >> 20, device & 0xFFFFF), int(fields["ino"], 16)))
+                except (KeyError, ValueError):
+                    continue
+    return watched if instances else None

@@ -22,16 +22,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tb_lazy.infofiles import tensorboard_infos
+from tb_lazy.infofiles import logdir_spec_folders, tensorboard_infos
 from tb_lazy.instance import Instance
-from tb_lazy.launch import answers
+from tb_lazy.launch import data_location
 from tb_lazy.messages import note
-from tb_lazy.process import Identity, check_time, is_running, socket_states, stop_process
-from tb_lazy.statefiles import load_json, pid_and_port, remove_old_tmp, state_dir, warn_bad, write_atomically
+from tb_lazy.process import Identity, check_time, is_running, is_stopped, socket_states, stop_process, working_folder
+from tb_lazy.statefiles import (
+    NotMine,
+    load_json,
+    pid_and_port,
+    private_dir,
+    remove_old_tmp,
+    state_dir,
+    warn_bad,
+    write_atomically,
+)
 from tb_lazy.watchers import covering_watch, launch_lock, watching
 
 __all__ = ["Instance", "add", "covering_watch", "find_serving", "launch_lock", "new_log_file", "remove", "running",
-           "state_dir", "stop", "stop_recorded", "watching"]
+           "state_dir", "state_of", "stop", "stop_recorded", "watching"]
 
 
 def _records_dir() -> Path:
@@ -43,7 +52,7 @@ LOG_DAYS = 14  # TensorBoard log files older than this are removed, unless their
 
 def new_log_file() -> Path:
     """A fresh path for one TensorBoard's output (old logs of ended ones are pruned)."""
-    folder = state_dir() / "logs"
+    folder = private_dir("logs")
     in_use = {instance.log_file for instance in _own_records()}
     cutoff = time.time() - LOG_DAYS * 86400
     for old in folder.glob("tensorboard-*.log"):
@@ -59,8 +68,7 @@ def add(instance: Instance) -> None:
 
     On failure (a full disk) the partial temporary file is removed and OSError raised.
     """
-    folder = _records_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir("running")
     write_atomically(folder / f"{instance.pid}.json", json.dumps(instance.to_json(), indent=2))
 
 
@@ -84,7 +92,7 @@ def _parse_record(data: Any) -> Instance:
         raise ValueError("keep is not true/false")
     if "create_time" not in data or "cmdline" not in data:
         raise ValueError("no start time and command line to tell its process by")
-    identity = Identity.from_json({"pid": pid, "create_time": data["create_time"], "cmdline": data["cmdline"]})
+    identity = Identity.from_json({**data, "pid": pid})
     owner = None if data.get("owner") is None else Identity.from_json(data["owner"])
     return Instance(
         pid=pid,
@@ -97,6 +105,8 @@ def _parse_record(data: Any) -> Instance:
         cmdline=identity.cmdline,
         keep=keep,
         owner=owner,
+        boot_start=identity.boot_start,
+        boot_id=identity.boot_id,
     )
 
 
@@ -122,8 +132,8 @@ def _scan_records() -> tuple[list[Instance], list[tuple[Path, str]]]:
             instance = _parse_record(load_json(path))
             if path.stem != str(instance.pid):
                 raise ValueError(f"its pid {instance.pid} doesn't match its name")
-        except FileNotFoundError:
-            continue  # removed under our feet
+        except (FileNotFoundError, NotMine):
+            continue  # removed under our feet, or another user's: never trusted, never removed
         except (OSError, ValueError) as error:
             bad.append((path, str(error)))
             with contextlib.suppress(OSError):
@@ -163,24 +173,43 @@ def running() -> list[Instance]:
 
 
 def find_serving(logdir: Path) -> Instance | None:
-    """A live TensorBoard that serves ``logdir`` or an ancestor and answers HTTP."""
+    """A live TensorBoard of the current user that serves ``logdir`` or an ancestor and
+    answers HTTP with that folder."""
     for instance in running():
-        # Ours must answer with the folder we recorded (the port may have gone to someone
-        # else while it started). One from an info file holds its port already (it wrote the
-        # file once serving) and reports its folder as typed, perhaps relative: not comparable.
-        expected = Path(instance.logdir) if instance.source == "tb_lazy" else None
-        if instance.serves(logdir) and _holds_port(instance) and answers(
-            instance.host, instance.port, logdir=expected, path_prefix=instance.path_prefix
-        ):
+        if not instance.serves(logdir) or not _holds_port(instance) or is_stopped(instance.pid):
+            continue
+        if _answers_with_its_folder(instance):
             return instance
     return None
 
 
+def state_of(instance: Instance) -> str:
+    """"serving", "stopped" (SIGSTOP: it holds its port but can't answer) or "not answering"
+    (within a second; busy, hung, or not yet up). Only one that is serving is reused."""
+    if is_stopped(instance.pid):
+        return "stopped"
+    if data_location(instance.host, instance.port, path_prefix=instance.path_prefix) is None:
+        return "not answering"
+    return "serving"
+
+
+def _answers_with_its_folder(instance: Instance) -> bool:
+    """True if the server on its port reports the folder it was recorded with (the port may
+    have gone to someone else while it started). One from an info file reports its folder
+    as typed, perhaps relative to its working folder or a ``--logdir_spec``: compared as such."""
+    location = data_location(instance.host, instance.port, path_prefix=instance.path_prefix)
+    if location is None:
+        return False
+    if instance.source == "tb_lazy":
+        return location == instance.logdir
+    return logdir_spec_folders(location, working_folder(instance.pid)) == instance.folders
+
+
 def _holds_port(instance: Instance) -> bool:
-    """False when we can see that its process doesn't listen on its port (yet): then whoever
-    answers there is someone else, and knocking would only fill a stranger's queue."""
+    """True when its process (the current user's) listens on its port: else whoever answers
+    there is someone else, and knocking would only fill a stranger's queue."""
     states = socket_states(instance.pid, instance.port)
-    return states is None or "LISTEN" in states
+    return states is not None and "LISTEN" in states
 
 
 def stop(logdir: Path | None = None) -> list[Instance]:
@@ -205,7 +234,7 @@ def stop_recorded(pid: int) -> bool:
     """
     try:
         instance = _parse_record(load_json(_records_dir() / f"{pid}.json"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, NotMine):
         return False  # not recorded (any more): someone stopped it already, or it never was
     stopped = stop_process(instance.pid, identity=instance.identity)
     remove(instance.pid)

@@ -2,12 +2,15 @@
 
 The trigger is not "an event file exists": writers create the file (a header, no data)
 when they are constructed, and old runs leave theirs behind. A file counts once it holds
-a complete data record that was written since the run began:
+a complete data record written since the run began. Each event says when it was written
+(its ``wall_time``), which neither ``touch``, ``cp -p`` nor a file copied in can change:
+a record counts when that time is not before the run began. For the rare record that
+doesn't say, file times decide: a file first seen with a modification time before the
+run began is old, and only a record ending beyond what it held then counts.
 
-- a file first seen with a modification time before the run began is old: what it holds
-  is its baseline, and only a data record ending beyond that baseline counts (a resumed
-  run appending to it);
-- any other file counts at its first data record.
+A file is read once, record by record, as it grows. One replaced under the same name, or
+rewritten in place (shrunk and grown again, a new header, or changed without growing:
+event files only ever grow), is read again from its start.
 
 ``since=None`` makes every file count at its first data record (``--existing``).
 """
@@ -17,22 +20,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+import time
 from typing import BinaryIO
 
 from tb_lazy.tfrecord import Progress, is_record_start
 
 CLOCK_SLACK = 0.05  # seconds: file times are coarser than time.time() (a kernel tick)
-
-
 _HEAD = 64  # bytes: the header record, with its wall time, tells a rewritten file from the old one
 
 
 @dataclasses.dataclass
 class _Seen:
     identity: tuple[int, int]  # device and inode: a file replaced under the same name starts over
-    baseline: int  # bytes written before the run began
+    baseline: int  # bytes written before the run began (by file times; for records without a wall time)
     progress: Progress
-    head: bytes = b""  # the first bytes of an old file, to notice it being rewritten in place
+    head: bytes  # the first bytes, to notice the file being rewritten in place
+    stamp: tuple[int, int]  # size and modification time (ns) when last read
 
 
 class RunData:
@@ -41,6 +44,7 @@ class RunData:
     def __init__(self, since: float | None) -> None:
         self.since = since
         self._seen: dict[str, _Seen] = {}
+        self._clock = _wall_minus_boot()
 
     def check(self, path: str) -> bool:
         """True if ``path`` now holds a data record written during this run."""
@@ -54,28 +58,40 @@ class RunData:
                     return False
                 if seen.baseline and seen.progress.offset == 0:
                     seen.progress = self._resume_point(handle, seen.baseline, info.st_size)
-                return seen.progress.data_after(handle, info.st_size, after=seen.baseline)
+                return seen.progress.data_after(handle, info.st_size, after=seen.baseline, since=self._since())
         except OSError:  # gone, unreadable, a dangling link, a folder: nothing to count
             return False
 
+    def _since(self) -> float | None:
+        """When the run began, as the wall clock reads it now: a step of the clock back
+        since the wait began moves it back as much (events are stamped by that clock)."""
+        if self.since is None:
+            return None
+        return self.since + min(0.0, _wall_minus_boot() - self._clock)
+
     def _track(self, path: str, info: os.stat_result, handle: BinaryIO) -> _Seen:
-        identity = (info.st_dev, info.st_ino)
+        identity, stamp = (info.st_dev, info.st_ino), (info.st_size, info.st_mtime_ns)
         seen = self._seen.get(path)
         rewritten = seen is not None and (
-            seen.identity != identity or info.st_size < seen.progress.offset or not self._same_head(seen, handle)
+            seen.identity != identity
+            or info.st_size < seen.progress.offset
+            or (stamp != seen.stamp and info.st_size <= seen.stamp[0])  # changed without growing
+            or not self._same_head(seen, handle)
         )
         if seen is None or rewritten:
             old = self.since is not None and info.st_mtime < self.since - CLOCK_SLACK
-            if old and not rewritten:  # what it holds was written before the run: the baseline
-                seen = _Seen(identity, info.st_size, Progress(), head=_read_head(handle))
-            else:  # new, or replaced or rewritten since we last looked: all of it is this run's
-                seen = _Seen(identity, 0, Progress())
+            baseline = info.st_size if old and not rewritten else 0  # what it held before the run began
+            seen = _Seen(identity, baseline, Progress(), head=_read_head(handle), stamp=stamp)
             self._seen[path] = seen
+        else:
+            if len(seen.head) < _HEAD:
+                seen.head = _read_head(handle)
+            seen.stamp = stamp
         return seen
 
     @staticmethod
     def _same_head(seen: _Seen, handle: BinaryIO) -> bool:
-        return not seen.head or _read_head(handle)[: len(seen.head)] == seen.head
+        return _read_head(handle)[: len(seen.head)] == seen.head
 
     @staticmethod
     def _resume_point(handle: BinaryIO, baseline: int, size: int) -> Progress:
@@ -87,3 +103,9 @@ class RunData:
 def _read_head(handle: BinaryIO) -> bytes:
     handle.seek(0)
     return handle.read(_HEAD)
+
+
+def _wall_minus_boot() -> float:
+    """The wall clock less a clock no one steps: its change is how far the wall clock was stepped."""
+    steady = time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
+    return time.time() - steady

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from tb_lazy import registry
 from tb_lazy.config import Settings, UsageError, auto_enabled, is_public_host, other_rank, resolve
 from tb_lazy.detect import SLICE, wait_for_new_data
+from tb_lazy.hint import while_waiting
 from tb_lazy.launch import (
     PORT_TRIES,
     START_TIMEOUT,
@@ -29,7 +30,7 @@ from tb_lazy.launch import (
     tensorboard_command,
 )
 from tb_lazy.messages import note, warn
-from tb_lazy.process import Identity, identify
+from tb_lazy.process import Identity, identify, start_wall_time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,19 +56,21 @@ def watch(
     existing: bool = False,
     stop: threading.Event | None = None,
     on_served: Callable[[Served], None] | None = None,
+    began: float | None = None,
 ) -> Outcome:
     """Wait until event data is written under ``logdir`` during this run, then serve it
     with TensorBoard.
 
-    The run began when this call did, or when process ``exit_with`` started: event files
-    left by earlier runs, and header-only files of writers that never logged, don't count
-    (``existing=True``: data already there counts too). Options left as None come from
+    The run began at ``began`` (seconds since the epoch; default: when this call did), or
+    when process ``exit_with`` started if that was earlier: event files left by earlier runs,
+    and header-only files of writers that never logged, don't count (``existing=True``:
+    data already there counts too). The command line passes its own process's start. Options left as None come from
     ``TB_HOST``/``TB_PORT``/``TB_KEEP``/``TB_AUTO``. The wait ends early when ``exit_with``
     ends or ``stop`` is set. ``on_served`` is called once TensorBoard answers HTTP. Without
     ``keep``, a TensorBoard we started is stopped when ``exit_with`` ends or ``stop`` is
     set, and this call blocks until then.
     """
-    began = time.time()
+    began = time.time() if began is None else began
     if not auto_enabled():
         return Skipped("TensorBoard auto-start is off (TB_AUTO=0)")
     settings = resolve(
@@ -91,10 +94,11 @@ def watch(
         except OSError as error:
             state = registry.state_dir()
             raise UsageError(f"tb_lazy's state folder {state} can't be used: {error.strerror or error}") from None
-        found = wait_for_new_data(
-            settings.logdir, since=_run_start(settings, began), poll=settings.poll, timeout=settings.timeout,
-            should_stop=ended,
-        )
+        with while_waiting(settings.logdir, since=_run_start(settings, began)):  # the "writer buffers" hint
+            found = wait_for_new_data(
+                settings.logdir, since=_run_start(settings, began), poll=settings.poll, timeout=settings.timeout,
+                should_stop=ended,
+            )
         if found is None:
             return Skipped(_why_not(settings, stop))
         if not settings.keep and ended():  # it would be stopped again at once
@@ -119,8 +123,8 @@ def _run_start(settings: Settings, began: float) -> float | None:
     moment after the run misses nothing), else ``began``; None with ``existing``."""
     if settings.existing:
         return None
-    if settings.exit_with is not None and (process := identify(settings.exit_with)) is not None:
-        return min(began, process.create_time)
+    if settings.exit_with is not None and (start := start_wall_time(settings.exit_with)) is not None:
+        return min(began, start)
     return began  # (an exit_with already gone: the wait ends at once, after one last look)
 
 
@@ -187,6 +191,8 @@ def _launch(settings: Settings) -> Served | Failed:
                 cmdline=identity.cmdline,
                 keep=settings.keep,
                 owner=owner,
+                boot_start=identity.boot_start,
+                boot_id=identity.boot_id,
             )
         )
 

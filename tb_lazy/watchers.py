@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tb_lazy.statefiles import remove_old_tmp, state_dir
+from tb_lazy.statefiles import private_dir, remove_old_tmp, state_dir
 
 
 def watchers_dir() -> Path:
@@ -31,8 +31,7 @@ def watching(logdir: Path) -> Iterator[int]:
     The announcement is a small JSON file that this process keeps locked: a watcher that
     dies, however it dies, drops the lock, so others can tell a live watcher from a stale file.
     """
-    folder = watchers_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir("watchers")
     remove_old_tmp(folder)
     path = folder / f"{os.getpid()}.json"
     tmp = folder / f".{os.getpid()}.json.tmp"
@@ -42,7 +41,8 @@ def watching(logdir: Path) -> Iterator[int]:
         try:
             handle.write(json.dumps(entry))
             handle.flush()
-            os.replace(tmp, path)
+            with _folder_lock(folder):  # not while a reader removes a stale file of the same name
+                os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -54,19 +54,36 @@ def watching(logdir: Path) -> Iterator[int]:
                 path.unlink()
 
 
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Held while an announcement is put in place or a stale one removed: a stale file is
+    removed only while its name still holds the very file found unlocked, never a fresh
+    announcement that a new watcher (perhaps given the same PID) just put there."""
+    with open(folder / ".lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def _live_watchers() -> list[dict]:
-    """Announcements of watchers still running (stale ones are removed on the way)."""
+    """Announcements of this user's watchers still running (stale ones are removed on the way)."""
     found = []
-    remove_old_tmp(watchers_dir())
-    for path in sorted(watchers_dir().glob("*.json")):
+    folder = watchers_dir()
+    remove_old_tmp(folder)
+    for path in sorted(folder.glob("*.json")):
         try:
             with open(path, encoding="utf-8") as handle:
+                info = os.fstat(handle.fileno())
+                if info.st_uid != os.getuid():
+                    continue  # another user's: never trusted
                 try:
                     fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 except BlockingIOError:
                     found.append(json.loads(handle.read()))  # locked: its watcher is alive
                     continue
-                path.unlink()  # nobody holds it: a watcher killed without cleanup
+                with _folder_lock(folder):  # nobody holds it: a watcher killed without cleanup
+                    now = os.stat(path)
+                    if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
+                        path.unlink()
         except (OSError, ValueError, RecursionError):
             continue
     return found
@@ -95,8 +112,7 @@ def covering_watch(logdir: Path, *, since: int) -> str | None:
 @contextlib.contextmanager
 def launch_lock(timeout: float = 120.0) -> Iterator[None]:
     """Serialise reuse-or-launch, so two watchers triggered together start one TensorBoard."""
-    folder = state_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir()
     deadline = time.monotonic() + timeout
     with open(folder / "launch.lock", "a+b") as handle:
         while True:

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The base package alone — what `pip install tb-lazy` gives someone who only wants the watcher for
-# their own (PyTorch, JAX, …) runs — in a fresh virtual environment:
-#   1. none of the training stack is installed (mlx, mlx-lm, tensorboardX, tokenizers, jinja2),
+# their own (PyTorch, JAX, …) runs — built as users get it and installed in a fresh virtual environment:
+#   0. `python -m build` makes an sdist and, from it, a wheel; the wheel is what gets installed,
+#   1. none of the training stack is installed (mlx, mlx-lm, tensorboardX, tokenizers, jinja2), nor
+#      mlx_train (it runs from a clone), and `tb-lazy --version` prints the version,
 #   2. every tb_lazy module imports, and none of them pulls in numpy, tensorboardX or mlx,
 #   3. `tb-lazy watch DIR` started before a tensorboardX run prints its `[tensorboard] http://…`
 #      line once the run writes a scalar, that TensorBoard serves the scalar, and
 #      `tb-lazy stop --all` stops it (checked by its PID).
-# Everything lives in one temporary folder (venv, logs, tb_lazy's state, TMPDIR), removed at exit.
+# Everything lives in one temporary folder (dist, venv, logs, tb_lazy's state, TMPDIR), removed at exit.
 #
 # Usage: bash tests/base_install_check.sh [WRITER_PY]
-#   WRITER_PY  a Python with tensorboardX, used only to write the run's event file
-#              [the repository's .venv/bin/python]
+#   WRITER_PY  a Python with tensorboardX and build (the `[dev]` install), used to build the
+#              package and to write the run's event file [the repository's .venv/bin/python]
 set -Eeuo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,15 +49,32 @@ wait_gone() {
 }
 
 install_base() {
-  log "fresh venv with the base package only: pip install $REPO"
+  local wheels version
+  log "python -m build: an sdist, and a wheel built from it"
+  "$WRITER_PY" -m build --outdir "$WORK/dist" "$REPO" >"$WORK/build.log" 2>&1 || {
+    err "python -m build failed; its output: $(tail -n 20 "$WORK/build.log")"
+    return 1
+  }
+  wheels=("$WORK"/dist/tb_lazy-*.whl)
+  if [[ ${#wheels[@]} -ne 1 || ! -f "${wheels[0]}" ]] || ! compgen -G "$WORK/dist/tb_lazy-*.tar.gz" >/dev/null; then
+    err "expected one wheel and one sdist in $WORK/dist, got: $(ls "$WORK/dist")"
+    return 1
+  fi
+  log "fresh venv with the base package only: pip install ${wheels[0]##*/}"
   python3 -m venv "$WORK/venv"
-  "$BASE_PY" -m pip install -q --disable-pip-version-check "$REPO"
+  "$BASE_PY" -m pip install -q --disable-pip-version-check "${wheels[0]}"
+  version=$("$WORK/venv/bin/tb-lazy" --version)
+  log "tb-lazy --version: $version"
+  [[ "$version" == *"$("$BASE_PY" -c 'import tb_lazy; print(tb_lazy.__version__)')"* ]] || {
+    err "tb-lazy --version printed '$version'"
+    return 1
+  }
 }
 
 check_no_training_stack() {
   local module
-  for module in mlx mlx_lm tensorboardX tokenizers jinja2; do
-    if "$BASE_PY" -c "import $module" 2>/dev/null; then
+  for module in mlx mlx_lm tensorboardX tokenizers jinja2 mlx_train; do
+    if (cd "$WORK" && "$BASE_PY" -c "import $module" 2>/dev/null); then
       err "the base install brought in '$module' (training stack only: pip install 'tb-lazy[train]')"
       return 1
     fi
@@ -133,8 +152,8 @@ EOF
 }
 
 main() {
-  if ! "$WRITER_PY" -c 'import tensorboardX' 2>/dev/null; then
-    err "WRITER_PY=$WRITER_PY can't import tensorboardX (give a Python that has it)"
+  if ! "$WRITER_PY" -c 'import tensorboardX, build' 2>/dev/null; then
+    err "WRITER_PY=$WRITER_PY can't import tensorboardX and build (give the [dev] install's Python)"
     exit 2
   fi
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/tb-lazy-base.XXXXXX")

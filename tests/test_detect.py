@@ -89,9 +89,9 @@ def test_an_old_file_rewritten_in_place_counts(tmp_path):
     logdir = tmp_path / "logs"
     old = write_scalar(logdir)
     time.sleep(1.1)  # a later second: the header's wall time differs
-    newer = write_scalar(tmp_path / "elsewhere").read_bytes()
-    assert len(newer) == old.stat().st_size
     thread, result = wait_in_thread(logdir, timeout=30)
+    newer = write_scalar(tmp_path / "elsewhere").read_bytes()  # this run's writer, staged to write at once
+    assert len(newer) == old.stat().st_size
     with open(old, "r+b") as handle:
         handle.write(newer)
     assert finish(thread, result) == old
@@ -242,3 +242,24 @@ def test_the_local_file_system_is_not_polled(tmp_path, capsys):
     event_file = write_scalar(tmp_path / "logs")
     assert wait_for_new_data(tmp_path / "logs", since=None, timeout=5) == event_file
     assert "polling" not in capsys.readouterr().err
+
+
+def test_what_inotify_watches_is_read_from_the_kernel_not_from_watchdog(tmp_path):
+    """``unwatched`` asks the kernel (``/proc/self/fdinfo``), so it works with any watchdog version."""
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    from tb_lazy.observe import unwatched
+
+    watched, elsewhere = tmp_path / "logs", tmp_path / "elsewhere"
+    (watched / "a" / "b").mkdir(parents=True)
+    elsewhere.mkdir()
+    observer = Observer()
+    observer.start()
+    try:
+        watch = observer.schedule(FileSystemEventHandler(), str(watched), recursive=True)
+        assert unwatched(observer, watch, [str(watched), str(watched / "a"), str(watched / "a" / "b")]) is None
+        assert unwatched(observer, watch, [str(watched / "a"), str(elsewhere)]) == str(elsewhere)
+    finally:
+        observer.stop()
+        observer.join(timeout=5)

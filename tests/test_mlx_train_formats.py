@@ -116,7 +116,8 @@ def test_export_writes_what_mlx_lm_reads(tmp_path, tok, task, capsys):
             "dpo": [{"chosen": turns, "rejected": [turns[0], {"role": "assistant", "content": "7"}]}] * 25}[task]
     src = write(tmp_path / "in.jsonl", rows)
     assert data_mod.main(["export", "--task", task, "--data_path", str(src), "--out_dir", str(tmp_path / "d")]) == 0
-    assert "train" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert said.out == "" and "train.jsonl" in said.err  # the summary is a note: stderr
     train = [json.loads(line) for line in (tmp_path / "d" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     valid = [json.loads(line) for line in (tmp_path / "d" / "valid.jsonl").read_text(encoding="utf-8").splitlines()]
     assert (len(train), len(valid)) == (24, 1)

@@ -1,7 +1,8 @@
 """What pyproject.toml declares against what the code imports.
 
 `pip install tb-lazy` must give the watcher what it imports and nothing of the training stack;
-`[train]` must bring every module mlx_train imports; `[dev]` is `[train]` plus pytest. The
+`[notebook]` what the IPython extension (tb_lazy/notebook.py, and only it) imports; `[train]` every
+module mlx_train imports; `[dev]` is `[train]` and `[notebook]` plus the test and build tools. The
 imports are read from the source (every `import`, also those inside functions); the module to
 distribution mapping comes from the installed distributions' own metadata. The end-to-end check
 of a real base-only install is tests/base_install_check.sh (run by .ci/run).
@@ -16,12 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-tomllib = pytest.importorskip("tomllib")
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package, which [dev] installs there
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 OWN = {"tb_lazy", "mlx_train"}
+NOTEBOOK = "tb_lazy/notebook.py"
 TRAINING_ONLY = {"numpy", "tensorboardX", "mlx", "mlx_lm", "tokenizers", "jinja2"}
 
 
@@ -68,8 +71,15 @@ def _undeclared(package: str, declared: set[str]) -> dict[str, set[str]]:
 def test_the_base_package_declares_what_tb_lazy_imports_and_nothing_of_training():
     base = {_name(r) for r in _project()["dependencies"]}
     assert base == {"watchdog", "psutil", "tensorboard"}
-    assert _undeclared("tb_lazy", base) == {}
+    assert _undeclared("tb_lazy", base) == {"IPython": {NOTEBOOK}}  # the extension's, in [notebook]
     assert TRAINING_ONLY.isdisjoint(_imports("tb_lazy")), _imports("tb_lazy")
+
+
+def test_the_notebook_extra_declares_what_the_ipython_extension_imports():
+    project = _project()
+    notebook = {_name(r) for r in project["optional-dependencies"]["notebook"]}
+    assert notebook == {"ipython", "ipykernel"}  # ipykernel: the kernel the magic runs in
+    assert _undeclared("tb_lazy", {_name(r) for r in project["dependencies"]} | notebook) == {}
 
 
 def test_the_train_extra_declares_every_module_mlx_train_imports():
@@ -79,11 +89,19 @@ def test_the_train_extra_declares_every_module_mlx_train_imports():
     assert {"numpy", "jinja2", "tensorboardx", "mlx", "mlx-lm", "tokenizers"} <= declared
 
 
-def test_dev_is_train_plus_pytest():
-    """The README's and CI's `pip install -e ".[dev]"` sets up everything the tests need."""
+def test_dev_is_train_and_notebook_plus_the_test_and_build_tools():
+    """The README's and CI's `pip install -e ".[dev]"` sets up everything the tests and CI need."""
     dev = _project()["optional-dependencies"]["dev"]
-    assert {_name(r) for r in dev} == {"tb-lazy", "pytest"}
-    assert any(re.fullmatch(r"tb-lazy\[train\]", r.strip()) for r in dev), dev
+    assert {_name(r) for r in dev} == {"tb-lazy", "pytest", "nbclient", "nbformat", "build", "tomli"}
+    assert any(re.fullmatch(r"tb-lazy\[train, ?notebook\]", r.strip()) for r in dev), dev
+    assert any(_name(r) == "tomli" and "python_version < '3.11'" in r for r in dev), dev  # tomllib from 3.11
+
+
+def test_the_wheel_holds_tb_lazy_alone():
+    """mlx_train runs from a clone (the editable install puts the clone on sys.path); a wheel
+    named tb-lazy holds the watcher only. tests/base_install_check.sh builds one and checks."""
+    found = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"]
+    assert found["find"]["include"] == ["tb_lazy*"]
 
 
 def test_importing_every_tb_lazy_module_loads_no_training_module():

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 from conftest import free_port, get_json, wait_for, write_scalar
 
-from tb_lazy import registry
+from tb_lazy import registry, watchers
 from tb_lazy.infofiles import logdir_spec_folders
 
 
@@ -69,3 +71,36 @@ def test_a_tensorboard_with_a_path_prefix_is_reused_and_its_url_has_the_prefix(t
     listed = subprocess.run([sys.executable, "-m", "tb_lazy", "list"], env=tb_env.env, capture_output=True,
                             text=True, check=True).stdout
     assert f"http://127.0.0.1:{port}/tb" in listed
+
+
+def test_a_stale_announcement_is_removed_but_never_a_fresh_one_put_in_its_place(tb_env, monkeypatch):
+    """A watcher's announcement left unlocked (its watcher died) is removed; if a new watcher
+    given the same PID puts its fresh, locked announcement there just before the removal
+    (stand-in for that timing: it happens as the reader reaches for the folder lock), the
+    fresh one stays."""
+    folder = watchers.watchers_dir()
+    folder.mkdir(parents=True)
+    stale = folder / "4242.json"
+    stale.write_text(json.dumps({"pid": 4242, "logdir": "/old", "since": 1}))
+    fresh_tmp = folder / ".fresh.tmp"
+    holder = tb_env.spawn([sys.executable, "-c", (
+        "import fcntl, json, sys, time\n"
+        "handle = open(sys.argv[1], 'w'); fcntl.flock(handle, fcntl.LOCK_EX)\n"
+        "handle.write(json.dumps({'pid': 4242, 'logdir': '/new', 'since': 2})); handle.flush()\n"
+        "print('locked', flush=True); time.sleep(600)"), str(fresh_tmp)])
+    assert holder.next_line(30) == "locked"
+    real_lock = watchers._folder_lock
+
+    @contextlib.contextmanager
+    def lock_after_a_new_watcher_announced(where):
+        if fresh_tmp.exists():
+            os.replace(fresh_tmp, stale)  # the new watcher's announcement lands under the same name
+        with real_lock(where):
+            yield
+
+    monkeypatch.setattr(watchers, "_folder_lock", lock_after_a_new_watcher_announced)
+    assert watchers._live_watchers() == []  # the stale one was seen as stale ...
+    assert [entry["logdir"] for entry in watchers._live_watchers()] == ["/new"], "... but the fresh one was kept"
+    holder.stop()
+    assert wait_for(lambda: holder.proc.poll() is not None, timeout=30)
+    assert watchers._live_watchers() == [] and not stale.exists(), "stale once its watcher is gone: removed"

@@ -247,6 +247,7 @@ def test_an_earlier_runs_file_starts_nothing_until_a_record_is_appended(tb_env):
     logdir = tb_env.root / "tf_dir"
     old = write_scalar(logdir / "pretrain")
     header_only(logdir / "crashed-run")
+    time.sleep(0.2)  # that run ended before this one began (the watcher's process start is this run's)
     watcher = tb_env.run("watch", str(logdir))
     tb_env.watching(watcher)
     time.sleep(1.5)

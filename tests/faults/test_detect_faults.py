@@ -9,14 +9,18 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import append_record, get_json, header_only, tensorboard_pids, write_scalar
 
 from tb_lazy.cli import main
 from tb_lazy.detect import wait_for_new_data
+from tb_lazy.rundata import RunData
+from tb_lazy.tfrecord import Progress
 
 pytestmark = pytest.mark.faults
 
@@ -125,3 +129,192 @@ def test_a_dangling_event_file_link_starts_nothing(tb_env):
     assert watcher.wait(timeout=30) == 0
     assert watcher.stdout == [] and tensorboard_pids(tb_env.root) == []
     assert os.path.islink(logdir / "events.out.tfevents.2.host")
+
+
+# Issue 15, item 5. Detection edge cases, each with real files and a real watcher -------------
+
+
+def wait_in_thread(logdir, *, since: float | None = None, **options) -> tuple[threading.Thread, list]:
+    """A real observer waiting in a thread for data written since ``since`` (default: now)."""
+    since = time.time() if since is None else since
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(wait_for_new_data(logdir, since=since, **options)),
+                              daemon=True)
+    thread.start()
+    time.sleep(0.5)  # let the observer settle
+    return thread, result
+
+
+def finish(thread: threading.Thread, result: list):
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the wait did not end"
+    return result[0]
+
+
+def an_earlier_runs_file(folder) -> Path:
+    """An event file with data, written by a run that ended before the one being watched."""
+    old = write_scalar(folder)
+    time.sleep(0.2)
+    return old
+
+
+def record_bytes() -> bytes:
+    """One complete data record of a fresh tensorboardX file (written now)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        data = write_scalar(Path(scratch)).read_bytes()
+    header = 8 + 4 + int.from_bytes(data[:8], "little") + 4
+    return data[header:]
+
+
+def test_data_written_while_the_watcher_is_still_starting_counts(tb_env):
+    """The run began when the watcher process started: a script that logs once and exits
+    while the watcher is still importing is served."""
+    logdir = tb_env.root / "logs"
+    watcher = tb_env.run("watch", str(logdir), "--json", "--timeout", "60")
+    write_scalar(logdir)  # at once: the watcher is still importing Python modules
+    info = served_json(watcher)
+    assert not info["reused"] and watcher.wait() == 0
+
+
+@pytest.mark.parametrize("how", ["future mtime", "cp -p", "copied, then its times set back"])
+def test_old_data_with_new_looking_file_times_does_not_count(tmp_path, how):
+    """``cp -p`` writes the copy (new file times) and then sets the old times: the last case
+    does those two steps with a pause between, so the watcher surely looks in between."""
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    old = an_earlier_runs_file(tmp_path / "archive")
+    if how == "future mtime":
+        touched = shutil.copy(old, logdir / old.name)
+        os.utime(touched, (time.time() + 3600, time.time() + 3600))  # as `touch -d '+1 hour'`
+    thread, result = wait_in_thread(logdir, timeout=2.5)
+    if how == "cp -p":
+        subprocess.run(["cp", "-p", str(old), str(logdir / "copied.tfevents.1.host")], check=True)
+    elif how.startswith("copied"):
+        copy = shutil.copyfile(old, logdir / "copied.tfevents.2.host")
+        time.sleep(0.5)
+        os.utime(copy, ns=(old.stat().st_atime_ns, old.stat().st_mtime_ns))
+    else:
+        os.utime(logdir / old.name, (time.time() + 7200, time.time() + 7200))
+    assert finish(thread, result) is None, f"old data {how} triggered"
+    thread, result = wait_in_thread(logdir, timeout=30)
+    fresh = write_scalar(logdir / "run")
+    assert finish(thread, result) == fresh, "the watcher still sees this run's data"
+
+
+def test_a_partial_record_followed_by_complete_records_counts(tmp_path):
+    """A writer crashed mid-record; the resumed run appends to the same file."""
+    logdir = tmp_path / "logs"
+    thread, result = wait_in_thread(logdir, timeout=30)
+    event_file = header_only(logdir)
+    record = record_bytes()
+    with open(event_file, "ab") as handle:
+        handle.write(record[:7])  # half a frame: the crash
+    time.sleep(0.5)
+    assert thread.is_alive(), f"half a record counted: {result}"
+    with open(event_file, "ab") as handle:
+        handle.write(record_bytes())
+    assert finish(thread, result) == event_file
+
+
+def test_a_file_shrunk_and_grown_again_to_its_old_size_counts(tmp_path):
+    logdir = tmp_path / "logs"
+    old = an_earlier_runs_file(logdir)
+    size = old.stat().st_size
+    thread, result = wait_in_thread(logdir, timeout=30)
+    fresh = write_scalar(tmp_path / "staging").read_bytes()  # this run's writer, same layout
+    assert len(fresh) == size
+    with open(old, "wb") as handle:  # truncated to nothing, then written again
+        handle.write(fresh)
+    assert finish(thread, result) == old
+
+
+def test_a_record_with_a_bad_data_crc_does_not_hide_later_records(tmp_path):
+    logdir = tmp_path / "logs"
+    thread, result = wait_in_thread(logdir, timeout=30)
+    event_file = header_only(logdir)
+    bad = bytearray(record_bytes())
+    bad[20] ^= 0xFF  # a flipped bit inside the data: its CRC no longer matches
+    with open(event_file, "ab") as handle:
+        handle.write(bytes(bad))
+    time.sleep(0.5)
+    assert thread.is_alive(), f"a corrupt record counted: {result}"
+    with open(event_file, "ab") as handle:
+        handle.write(record_bytes())
+    assert finish(thread, result) == event_file
+
+
+def test_a_file_truncated_between_its_size_and_the_read_is_not_an_error(tmp_path):
+    """The size is read, then the file shrinks (a real truncation, in between), then it is read."""
+    event_file = write_scalar(tmp_path / "logs")
+    size = event_file.stat().st_size
+    with open(event_file, "rb") as handle:
+        os.truncate(event_file, 30)  # inside the header's frame
+        assert Progress().data_after(handle, size) is False
+        os.truncate(event_file, 0)
+        assert Progress(size - 10).data_after(handle, size) is False
+    run = RunData(None)
+    assert run.check(str(event_file)) is False
+    with open(event_file, "ab") as handle:
+        handle.write(record_bytes())
+    assert run.check(str(event_file)) is True
+
+
+def test_polling_follows_a_folder_deleted_replaced_by_a_file_and_recreated(tmp_path):
+    logdir = tmp_path / "logs"
+    (logdir / "run").mkdir(parents=True)
+    thread, result = wait_in_thread(logdir, timeout=60, poll=0.1)
+    shutil.rmtree(logdir)
+    logdir.write_text("not a folder")
+    time.sleep(0.5)
+    logdir.unlink()
+    event_file = write_scalar(logdir / "run")
+    assert finish(thread, result) == event_file
+
+
+@pytest.mark.parametrize("value", ["1e-300", "0.01", "0.049"])
+def test_polling_intervals_below_the_minimum_are_one_line_and_exit_2(tb_env, capsys, value):
+    assert main(["watch", str(tb_env.root / "logs"), "--poll", value]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "at least 0.05" in captured.err and "Traceback" not in captured.err
+
+
+# Issue 15, item 4. A log folder that becomes a symlink, or is re-pointed, after the watch began --
+
+
+def test_a_log_folder_that_becomes_a_symlink_after_the_watch_began_is_followed(tb_env):
+    """The issue's repro: ``tb-lazy watch L &; ln -s real L``; events written under real/sub."""
+    link, real = tb_env.root / "L", tb_env.root / "real"
+    real.mkdir()
+    watcher = tb_env.run("watch", str(link), "--json")
+    tb_env.watching(watcher)
+    link.symlink_to(real)
+    time.sleep(0.5)
+    write_scalar(real / "sub")
+    info = served_json(watcher)
+    assert watcher.wait() == 0
+    assert get_json(f"{info['url']}/data/environment")["data_location"] == str(link)
+
+
+@pytest.mark.parametrize("change", ["re-pointed", "replaced by a folder", "created"])
+def test_a_symlinked_log_folder_changed_during_the_wait_is_followed(tmp_path, change):
+    link, first, second = tmp_path / "tf_dir", tmp_path / "disk1", tmp_path / "disk2"
+    first.mkdir()
+    second.mkdir()
+    if change != "created":
+        link.symlink_to(first)
+    thread, result = wait_in_thread(link, timeout=30)
+    if change == "re-pointed":  # as `ln -sfn disk2 tf_dir`: a new link renamed over the old one
+        (tmp_path / "new-link").symlink_to(second)
+        os.replace(tmp_path / "new-link", link)
+        target = second
+    elif change == "replaced by a folder":
+        link.unlink()
+        link.mkdir()
+        target = link
+    else:
+        link.symlink_to(second)
+        target = second
+    time.sleep(0.5)
+    event_file = write_scalar(target / "run")
+    found = finish(thread, result)
+    assert found is not None and found.name == event_file.name, found

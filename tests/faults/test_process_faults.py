@@ -6,23 +6,27 @@ SIGKILLed mid-launch, a state folder on a full tmpfs, a socket that never accept
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import free_port, get_json, tensorboard_pids, wait_for, write_scalar
+from conftest import REPO, free_port, get_json, tensorboard_pids, wait_for, write_scalar
 
 import tb_lazy.launch
 from tb_lazy.cli import main
-from tb_lazy.process import MAX_PID, pid_alive
+from tb_lazy.process import MAX_PID, pid_alive, stop_process
 
 pytestmark = pytest.mark.faults
 
@@ -55,6 +59,12 @@ def write_record(tb_env, record: dict | str, name: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (name or f"{record['pid']}.json")  # type: ignore[index]
     path.write_text(record if isinstance(record, str) else json.dumps(record))
+    return path
+
+
+def write_record_at(state: Path, record: dict) -> Path:
+    path = state / "running" / f"{record['pid']}.json"
+    path.write_text(json.dumps(record))
     return path
 
 
@@ -163,7 +173,8 @@ def test_state_folder_on_a_full_disk_fails_cleanly_and_leaves_nothing_running(tb
     runs: TensorBoard's log takes that page, so the record can't be written."""
     state = Path(tb_env.env["TB_LAZY_STATE_DIR"])
     state.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(state)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(state)],
+                             capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"can't mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
@@ -315,3 +326,266 @@ def test_newline_in_dir_keeps_the_list_table_one_row_per_tensorboard(tb_env):
     assert json.loads(tb_lazy_cli(tb_env, "list", "--json").stdout)[0]["logdir"] == str(logdir)
     stopped = tb_lazy_cli(tb_env, "stop", str(logdir))
     assert stopped.returncode == 0 and len(stopped.stdout.splitlines()) == 1, stopped.stdout
+
+
+# Issue 15, item 1. A clock step never loses nor fakes a TensorBoard --------------------------
+
+# Stand-in for a clock step (the machine's real clock is not stepped in tests): the checking
+# process sees psutil's boot time moved by SHIFT seconds, exactly what a VM pause, a suspend
+# and resume or an NTP step does to ``btime`` in /proc/stat, and so to every ``create_time()``.
+SHIFTED_CLI = """
+import sys
+import psutil, psutil._pslinux as linux
+real, shift = linux.boot_time, float(sys.argv[1])
+linux.boot_time = psutil.boot_time = lambda: real() + shift
+from tb_lazy.cli import main
+sys.argv = ["tb-lazy", *sys.argv[2:]]
+sys.exit(main())
+"""
+
+
+def shifted_cli(tb_env, shift: float, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``tb-lazy ARGS`` in a process whose view of the boot time is ``shift`` seconds off."""
+    return subprocess.run([sys.executable, "-c", SHIFTED_CLI, str(shift), *args], env=tb_env.env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="psutil's Linux boot time is what a clock step moves")
+def test_a_clock_step_either_way_keeps_the_tensorboard_known(tb_env):
+    logdir = tb_env.root / "tf_dir"
+    write_scalar(logdir / "pretrain")
+    first = tb_env.run("watch", str(logdir), "--existing", "--json")
+    pid = served_line(first.next_line(60))["pid"]
+    assert first.wait() == 0
+    for step, shift in enumerate((12.0, -12.0)):
+        seen = shifted_cli(tb_env, 0.0, "list", "--json")
+        moved = json.loads(shifted_cli(tb_env, shift, "list", "--json").stdout or "null")
+        assert moved == json.loads(seen.stdout), f"a {shift:+g} s step changed what list shows"
+        assert [(i["pid"], i["source"]) for i in moved] == [(pid, "tb_lazy")]
+        watcher = subprocess.Popen(
+            [sys.executable, "-c", SHIFTED_CLI, str(shift), "watch", str(logdir), "--json", "--port", str(free_port())],
+            env=tb_env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            announced = records(tb_env).parent / "watchers" / f"{watcher.pid}.json"
+            assert wait_for(announced.exists, 30), "the watcher never began watching"
+            time.sleep(0.3)
+            write_scalar(logdir / "pretrain", step=step + 1)
+            out, err = watcher.communicate(timeout=90)
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+                watcher.wait()
+        info = served_line(out.splitlines()[0] if out else None)
+        assert info["reused"] and info["pid"] == pid, f"{shift:+g} s: {info} {err}"
+        assert tensorboard_pids(tb_env.root) == [pid]
+    stopped = shifted_cli(tb_env, 12.0, "stop", str(logdir))
+    assert stopped.returncode == 0 and f"pid={pid}" in stopped.stdout, stopped.stderr
+    assert not pid_alive(pid) and tensorboard_pids(tb_env.root) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="psutil's Linux boot time is what a clock step moves")
+@pytest.mark.parametrize("shift", [12.0, -12.0])
+def test_a_clock_step_never_makes_another_process_pass_for_a_recorded_one(tb_env, shift):
+    """A record whose PID and command line match, and whose wall-clock start matches what the
+    stepped checker reads, but which started 12 s earlier on the boot clock: another process."""
+    sleeper = tb_env.spawn(SLEEPER)
+    process = psutil.Process(sleeper.pid)
+    wait_for(lambda: process.cmdline()[-1:] == ["x"], timeout=10)
+    ticks = process._proc.create_time(monotonic=True)
+    write_record(tb_env, record_of(process, create_time=process.create_time() + shift,
+                                   boot_start=ticks - shift, boot_id=Path("/proc/sys/kernel/random/boot_id")
+                                   .read_text().strip()))
+    result = shifted_cli(tb_env, shift, "stop", "--all")
+    assert result.returncode == 0, result.stderr
+    no_traceback(result)
+    assert sleeper.proc.poll() is None, "a stepped clock made stop --all kill another process"
+    assert not (records(tb_env) / f"{sleeper.pid}.json").exists(), "the record of a gone process is dropped"
+    # the same record from another boot: gone too, whatever the ticks say
+    write_record(tb_env, record_of(process, boot_start=ticks, boot_id="another-boot"))
+    assert json.loads(tb_lazy_cli(tb_env, "list", "--json").stdout) == []
+    assert sleeper.proc.poll() is None
+
+
+# Issue 15, items 2, 3 and 7. Only the current user's files and processes count ---------------
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+# A stranger's web server that passes for a TensorBoard serving A's folder: 200 everywhere, and
+# A's folder as its data location (the issue's repro, made as convincing as it can be).
+IMPOSTOR = """
+import http.server, json, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"data_location": sys.argv[2], "window_title": ""}).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json"); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+@pytest.fixture
+def other_user(tmp_path_factory):
+    """A throw-away second Unix user B (created here, removed at teardown): (name, uid, gid, as_b)
+    where ``as_b(args)`` is the argument list that runs ``args`` as B."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a second user needs root")
+    if not all(shutil.which(tool) for tool in ("useradd", "userdel", "setpriv")) or not SYSTEM_PYTHON.exists():
+        pytest.skip("useradd, userdel, setpriv or /usr/bin/python3 is missing")
+    name = f"tblz{os.urandom(4).hex()}"
+    made = subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"useradd failed: {made.stderr.decode().strip()}")
+    entry = pwd.getpwnam(name)
+    try:
+        def as_b(args: list[str]) -> list[str]:
+            return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", *args]
+
+        yield name, entry.pw_uid, entry.pw_gid, as_b
+    finally:
+        for proc in psutil.process_iter(["uids"]):  # B's processes, by PID
+            with contextlib.suppress(psutil.Error):
+                if proc.info["uids"] and proc.info["uids"].real == entry.pw_uid:
+                    stop_process(proc.pid, grace=5)
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+@pytest.fixture
+def shared_root(tb_env):
+    """A folder B may traverse (``tmp_path`` is private to root), holding A's state folder."""
+    root = Path(tempfile.mkdtemp(prefix="tblz-", dir="/tmp"))
+    root.chmod(0o755)
+    tb_env.env["TB_LAZY_STATE_DIR"] = str(root / "state")
+    try:
+        yield root
+    finally:
+        tb_env.cleanup()  # stop A's TensorBoards while their records are still there
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_another_users_planted_info_file_and_records_are_ignored(tb_env, other_user, shared_root):
+    _, uid, gid, as_b = other_user
+    logdir = tb_env.root / "logs"
+    port = free_port()
+    impostor = tb_env.spawn(as_b([str(SYSTEM_PYTHON), "-c", IMPOSTOR, str(port), str(logdir)]), cwd="/")
+    sleeper = tb_env.spawn(as_b([str(SYSTEM_PYTHON), "-c", "import time; time.sleep(999)"]), cwd="/")
+    assert wait_for(lambda: tb_lazy.launch.data_location("127.0.0.1", port) == str(logdir), timeout=30)
+    b_server, b_sleeper = psutil.Process(impostor.pid), psutil.Process(sleeper.pid)
+    assert b_server.uids().real == uid
+
+    # B's info file in TensorBoard's info folder (mode 0777, as TensorBoard makes it). Written by
+    # root and handed to B: B can't reach this test's private temp folder to write it itself.
+    info_dir = Path(tb_env.env["TMPDIR"]) / ".tensorboard-info"
+    info_dir.mkdir(exist_ok=True)
+    info_dir.chmod(0o777)
+    info = info_dir / f"pid-{impostor.pid}.info"
+    info.write_text(json.dumps({"pid": impostor.pid, "port": port, "logdir": str(logdir),
+                                "start_time": int(time.time()), "path_prefix": "", "version": "2.21.0"}))
+    os.chown(info, uid, gid)
+    # Records naming B's processes exactly: one owned by B (it got into A's folder somehow),
+    # one owned by A (a record A once wrote, whose PID is now B's).
+    state = Path(tb_env.env["TB_LAZY_STATE_DIR"])
+    (state / "running").mkdir(parents=True, mode=0o700)
+    state.chmod(0o700)
+    planted = write_record_at(state, record_of(b_server, port=port, logdir=str(logdir)))
+    os.chown(planted, uid, gid)
+    write_record_at(state, record_of(b_sleeper, port=port, logdir=str(logdir)))
+
+    listed = tb_lazy_cli(tb_env, "list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout + listed.stderr
+    stopped = tb_lazy_cli(tb_env, "stop", "--all")
+    assert stopped.returncode == 0 and "stopped" not in stopped.stdout, stopped.stdout
+    assert impostor.proc.poll() is None and sleeper.proc.poll() is None, "stop --all signalled B's processes"
+
+    watcher = tb_env.run("watch", str(logdir), "--json", "--port", str(port))
+    assert wait_for((state / "watchers" / f"{watcher.pid}.json").exists, timeout=30), watcher.stderr
+    time.sleep(0.3)  # the observer is scheduled right after the announcement
+    write_scalar(logdir)
+    served = served_line(watcher.next_line(60))
+    assert not served["reused"] and served["pid"] not in (impostor.pid, sleeper.pid), served
+    assert served["port"] != port and watcher.wait() == 0
+    assert get_json(f"{served['url']}/data/environment")["data_location"] == str(logdir)
+    assert planted.exists(), "another user's file is ignored, not removed"
+
+    # A's state folder is A's alone: 0700, and B can't write in it
+    assert (state.stat().st_mode & 0o777) == 0o700
+    attempt = subprocess.run(as_b([str(SYSTEM_PYTHON), "-c", f"open({str(state / 'running' / '1.json')!r}, 'w')"]),
+                             capture_output=True, text=True, cwd="/")
+    assert attempt.returncode != 0 and "PermissionError" in attempt.stderr, attempt.stderr
+
+
+def test_a_state_folder_of_another_user_or_writable_by_others_is_refused(tb_env, other_user, shared_root):
+    """One line, exit 2; and B's 'stop --all' on A's folder is refused at once, not after a wait."""
+    _, uid, gid, as_b = other_user
+    theirs = shared_root / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, uid, gid)
+    loose = shared_root / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    for folder, why in ((theirs, "not by you"), (loose, "writable by others")):
+        for args in (["list"], ["stop", "--all"], ["watch", str(tb_env.root / "logs"), "--timeout", "5"]):
+            result = subprocess.run([sys.executable, "-m", "tb_lazy", *args], capture_output=True, text=True,
+                                    env={**tb_env.env, "TB_LAZY_STATE_DIR": str(folder)}, timeout=60)
+            assert result.returncode == 2 and result.stdout == "", (args, result.stdout, result.stderr)
+            assert result.stderr.count("\n") == 1 and why in result.stderr, result.stderr
+            no_traceback(result)
+    # B runs tb_lazy (this checkout, on the system interpreter) against A's state folder
+    Path(tb_env.env["TB_LAZY_STATE_DIR"]).mkdir(mode=0o700)  # A's state folder, as tb_lazy creates it
+    site = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
+    b_env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{REPO}:{site}",
+             "TB_LAZY_STATE_DIR": tb_env.env["TB_LAZY_STATE_DIR"]}
+    probe = subprocess.run(as_b([str(SYSTEM_PYTHON), "-c", "import psutil, watchdog, tb_lazy.cli"]), env=b_env,
+                           capture_output=True, text=True, cwd="/")
+    if probe.returncode != 0:
+        pytest.skip(f"the system interpreter can't run this checkout as B: {probe.stderr.strip()[-200:]}")
+    result = subprocess.run(as_b([str(SYSTEM_PYTHON), "-m", "tb_lazy", "stop", "--all"]), env=b_env,
+                            capture_output=True, text=True, cwd="/", timeout=60)
+    assert result.returncode == 2 and "not by you" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_sigstopped_tensorboard_is_listed_as_stopped_and_not_reused(tb_env):
+    logdir = tb_env.root / "logs"
+    write_scalar(logdir)
+    first = tb_env.run("watch", str(logdir), "--existing", "--json")
+    frozen = served_line(first.next_line(60))["pid"]
+    assert first.wait() == 0
+    os.kill(frozen, signal.SIGSTOP)  # a real stop: it keeps its port, accepts connections, never answers
+    try:
+        listed = json.loads(tb_lazy_cli(tb_env, "list", "--json").stdout)
+        assert [(i["pid"], i["state"]) for i in listed] == [(frozen, "stopped")]
+        table = tb_lazy_cli(tb_env, "list").stdout.splitlines()
+        assert "STATE" in table[0] and "stopped" in table[1], table
+        second = tb_env.run("watch", str(logdir), "--json")
+        tb_env.watching(second)
+        write_scalar(logdir, step=1)
+        info = served_line(second.next_line(60))
+        assert not info["reused"] and info["pid"] != frozen, "a stopped TensorBoard was reused"
+        assert second.wait() == 0
+        states = {i["pid"]: i["state"] for i in json.loads(tb_lazy_cli(tb_env, "list", "--json").stdout)}
+        assert states == {frozen: "stopped", info["pid"]: "serving"}
+        stopped = tb_lazy_cli(tb_env, "stop", "--all")  # a stopped process is stopped for good, too
+        assert stopped.returncode == 0 and f"pid={frozen}" in stopped.stdout, stopped.stderr
+        assert not pid_alive(frozen) and tensorboard_pids(tb_env.root) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(frozen, signal.SIGCONT)
+
+
+def test_a_record_written_by_an_earlier_version_still_counts(tb_env):
+    """Records from before the boot clock (no ``boot_start``/``boot_id``) are compared by
+    wall-clock start time, as that version did: still listed and stopped, not dropped."""
+    logdir = tb_env.root / "logs"
+    write_scalar(logdir)
+    first = tb_env.run("watch", str(logdir), "--existing", "--json")
+    pid = served_line(first.next_line(60))["pid"]
+    assert first.wait() == 0
+    path = records(tb_env) / f"{pid}.json"
+    record = json.loads(path.read_text())
+    assert record.pop("boot_start") is not None and record.pop("boot_id") is not None
+    path.write_text(json.dumps(record))
+    listed = json.loads(tb_lazy_cli(tb_env, "list", "--json").stdout)
+    assert [(i["pid"], i["source"], i["state"]) for i in listed] == [(pid, "tb_lazy", "serving")]
+    stopped = tb_lazy_cli(tb_env, "stop", str(logdir))
+    assert stopped.returncode == 0 and f"pid={pid}" in stopped.stdout, stopped.stderr
+    assert not pid_alive(pid)

@@ -127,8 +127,8 @@ def test_two_data_generators_on_one_fresh_folder_both_succeed_and_stale_temps_go
     out = tmp_path / "fresh" / "data"           # neither the folder nor its parent exist yet
     procs = [start(["-m", "mlx_train.data", "--out_dir", str(out)]) for _ in range(2)]
     results = [finish(p, timeout=120) for p in procs]
-    for code, _, err in results:
-        assert code == 0 and err == "", err
+    for code, _, err in results:      # stderr: the summary, one line per file written
+        assert code == 0 and sorted(line.split()[0] for line in err.splitlines()) == sorted(FILES), err
     expected = write_all(tmp_path / "alone", seed=0)
     for task, name in FILES.items():
         assert (out / name).read_bytes() == expected[task].read_bytes(), name
@@ -200,3 +200,185 @@ def test_save_killed_midway_is_cleaned_by_the_next_run_and_resume_works(tmp_path
     hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
     assert hidden == [live.name], f"left behind: {hidden}"
     assert not left.exists() and not reused.exists() and not dead.exists()
+
+
+# ---- issue 16, item 2: hostile data and full or read-only disks are one line ----------------
+
+HOSTILE = {
+    "nesting": ("[" * 200_000, "JSON nested too deeply"),
+    "huge integer": ('{"text": "a", "n": ' + "7" * 5000 + "}", "Exceeds the limit (4300 digits)"),
+    "lone surrogate": ('{"text": "ab\\ud800c"}', "lone surrogate \\ud800 at column 13"),
+}
+
+
+@pytest.mark.parametrize("command", ["train", "export"])
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_jsonl_is_one_line_with_file_and_line_and_exit_2(tmp_path, pretrain_data, start, command, kind):
+    line, reason = HOSTILE[kind]
+    good = pretrain_data.read_text(encoding="utf-8").splitlines()[:30]
+    data = tmp_path / "hostile.jsonl"
+    data.write_text("\n".join([*good, line, *good]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    if command == "train":
+        args = ["-m", "mlx_train.train", *TINY, "--data_path", str(data), "--out_dir", str(out),
+                "--tensorboard_dir", str(tmp_path / "tb"), "--max_steps", "2"]
+    else:
+        args = ["-m", "mlx_train.data", "export", "--task", "pretrain", "--data_path", str(data),
+                "--out_dir", str(out)]
+    code, stdout, stderr = finish(start(args), timeout=120)
+    assert code == 2, stderr
+    assert stderr.splitlines() == [stderr.splitlines()[0]] and stderr.startswith(f"error: {data}:31: "), stderr
+    assert reason in stderr
+    assert stdout == "" and not out.exists() and not (tmp_path / "tb").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(size)``: a real tmpfs of ``size`` (a mount option: "64k", "2m") at a fresh
+    folder; ``small_disk.resize(folder, size)`` remounts it bigger, files kept. Skipped where
+    mounting is impossible (not root, no mount namespace); unmounted at teardown."""
+    mounted: list[Path] = []
+
+    def mount(size: str, *options: str) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs",
+                               str(folder)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+        mounted.append(folder)
+        return folder
+
+    def resize(folder: Path, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+
+    mount.resize = resize
+    yield mount
+    for folder in reversed(mounted):
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def run_train(start, *args: str) -> tuple[int, list[str], str]:
+    """A training run's exit code, its stderr lines other than progress, and the whole stderr."""
+    code, _, err = finish(start(["-m", "mlx_train.train", *TINY, *args]), timeout=300)
+    other = [line for line in err.splitlines() if not line.startswith(("[pretrain] ", "[blas] "))]
+    return code, other, err
+
+
+def assert_no_partial_output(out: Path) -> None:
+    hidden = [p.name for p in out.iterdir() if p.name.startswith(".")] if out.is_dir() else []
+    assert hidden == [], f"left behind: {hidden}"
+
+
+@pytest.fixture(scope="module")
+def checkpoint_size(tmp_path_factory, pretrain_data) -> dict[str, int]:
+    """Bytes of a tiny run's files, measured on a normal disk: the tokenizer cache, a step
+    folder, and its weights."""
+    out = tmp_path_factory.mktemp("measure") / "out"
+    subprocess.run([sys.executable, "-m", "mlx_train.train", *TINY, "--data_path", str(pretrain_data),
+                    "--out_dir", str(out), "--run_name", "m", "--max_steps", "1"], env=child_env(), cwd=REPO,
+                   check=True, capture_output=True, stdin=subprocess.DEVNULL)
+
+    def size(path: Path) -> int:
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+    step = out / "m" / "step_0000001"
+    return {"tokenizer": size(out / "tokenizer"), "step": size(step),
+            "weights": (step / "model.safetensors").stat().st_size,
+            "published": sum(p.stat().st_size for p in out.iterdir() if p.is_file()
+                             and p.name != "model.safetensors")}
+
+
+@pytest.mark.parametrize("failing", ["model.safetensors", "optimizer.safetensors"])
+def test_disk_full_during_a_save_is_one_line_and_resume_on_a_bigger_disk_continues(
+        tmp_path, pretrain_data, start, small_disk, checkpoint_size, failing):
+    """A real tmpfs with room for the tokenizer and one checkpoint (step 2), not for the next
+    one (step 4): the weights, or the optimizer state written after them, don't fit."""
+    kb = checkpoint_size
+    first = kb["tokenizer"] + kb["published"] + kb["step"]
+    room = kb["weights"] // 2 if failing == "model.safetensors" else kb["weights"] + kb["weights"] // 2
+    disk = small_disk(f"{(first + room) // 4096 * 4}k")
+    out = disk / "out"
+    series = out / "r"
+    common = ["--data_path", str(pretrain_data), "--out_dir", str(out), "--run_name", "r", "--save_interval", "2",
+              "--keep_last", "10", "--eval_interval", "1000"]
+    code, other, err = run_train(start, *common, "--max_steps", "6")
+    assert code == 74, err
+    assert other == [f"error: cannot write {series}/step_0000004/{failing}: No space left on device; free some "
+                     f"space (or write elsewhere), then rerun with --resume to continue from {series}/step_0000002"]
+    assert [p.name for p in list_checkpoints(series)] == ["step_0000002"]
+    assert_no_partial_output(out)
+    assert_no_partial_output(series)
+
+    small_disk.resize(disk, "64m")
+    code, other, err = run_train(start, *common, "--max_steps", "6", "--resume")
+    assert code == 0 and other == [], err
+    assert f"resuming {series}/step_0000002 (run r, step 2)" in err
+    assert [p.name for p in list_checkpoints(series)] == ["step_0000002", "step_0000004", "step_0000006"]
+
+
+def test_disk_full_while_caching_the_tokenizer_is_one_line_and_leaves_nothing(
+        tmp_path, pretrain_data, start, small_disk):
+    disk = small_disk("8k")
+    out = disk / "out"
+    common = ["--data_path", str(pretrain_data), "--out_dir", str(out), "--run_name", "r", "--max_steps", "2"]
+    code, other, err = run_train(start, *common)
+    assert code == 74, err
+    assert other == [f"error: cannot write {out}/tokenizer/tokenizer.json: No space left on device; free "
+                     "some space (or write elsewhere), then rerun"]
+    assert not (out / "tokenizer").exists()
+    assert_no_partial_output(out)
+
+    small_disk.resize(disk, "64m")
+    code, other, err = run_train(start, *common, "--resume")
+    assert code == 0 and other == [], err
+    assert [p.name for p in list_checkpoints(out / "r")] == ["step_0000002"]
+
+
+def test_disk_full_in_the_tensorboard_folder_is_one_line_and_resume_continues(
+        tmp_path, pretrain_data, start, small_disk):
+    """The event file fills a real 16 KB tmpfs after some steps (checkpoints go elsewhere)."""
+    disk = small_disk("16k")
+    out = tmp_path / "out"
+    common = ["--data_path", str(pretrain_data), "--out_dir", str(out), "--tensorboard_dir", str(disk / "tb"),
+              "--run_name", "r", "--log_interval", "1", "--save_interval", "5", "--keep_last", "100",
+              "--eval_interval", "1000"]
+    code, other, err = run_train(start, *common, "--max_steps", "100000")
+    assert code == 74, err
+    done = list_checkpoints(out / "r")
+    assert done, "the disk filled before the first checkpoint: make the tmpfs bigger"
+    assert other == [f"error: cannot write TensorBoard logs in {disk / 'tb'}: No space left on device; free "
+                     f"some space (or write elsewhere), then rerun with --resume to continue from {done[-1]}"]
+    assert_no_partial_output(out)
+
+    small_disk.resize(disk, "64m")
+    step = int(done[-1].name[5:])
+    code, other, err = run_train(start, *common, "--max_steps", str(step + 2), "--resume")
+    assert code == 0 and other == [], err
+    assert f"resuming {done[-1]} (run r, step {step})" in err
+
+
+def test_a_read_only_output_folder_is_one_line(tmp_path, pretrain_data, start, small_disk):
+    disk = small_disk("1m", "ro")
+    code, other, err = run_train(start, "--data_path", str(pretrain_data), "--out_dir", str(disk / "out"),
+                                 "--max_steps", "2")
+    assert code == 74, err
+    assert other == [f"error: cannot write {disk / 'out'}: Read-only file system; choose a folder you can "
+                     "write to, then rerun"]
+
+
+@pytest.mark.parametrize("command", ["data", "export"])
+def test_data_tools_on_a_full_disk_are_one_line_and_leave_nothing(tmp_path, pretrain_data, start, small_disk,
+                                                                   command):
+    out = small_disk("8k") / "out"
+    if command == "data":
+        args, first = ["-m", "mlx_train.data", "--out_dir", str(out)], "pretrain.jsonl"
+    else:
+        args, first = ["-m", "mlx_train.data", "export", "--task", "pretrain", "--data_path", str(pretrain_data),
+                       "--out_dir", str(out)], "train.jsonl"
+    code, stdout, stderr = finish(start(args), timeout=120)
+    assert code == 74, stderr
+    assert stderr.splitlines() == [f"error: cannot write {out / first}: No space left on device; free some "
+                                   "space (or write elsewhere), then rerun"]
+    assert stdout == "" and list(out.iterdir()) == []
