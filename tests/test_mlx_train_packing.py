@@ -283,3 +283,13 @@ def test_dpo_groups_pairs_by_length_and_evaluation_stays_unpacked(files, tok):
     assert type(plain) is ChatData
     for key, value in plain.collate([0, 19, 39]).items():
         assert (packed.collate([0, 19, 39])[key] == value).all()
+
+
+def test_packing_is_on_by_default_and_off_by_flag_or_environment():
+    from mlx_train.config import resolve_config
+
+    base = ["--task", "sft", "--data_path", "x.jsonl"]
+    assert resolve_config(base, env={}).packing is True
+    assert resolve_config([*base, "--no_packing"], env={}).packing is False
+    assert resolve_config(base, env={"MLX_TRAIN_PACKING": "0"}).packing is False
+    assert resolve_config([*base, "--packing"], env={"MLX_TRAIN_PACKING": "0"}).packing is True   # flag wins
