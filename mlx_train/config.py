@@ -91,6 +91,9 @@ class TrainConfig:
     keep_runs: int = _f(0, "keep the checkpoints of only the newest N runs in --out_dir, this one "
                         "included, removing older runs' folders (0: keep every run)")
     beta: float = _f(0.1, "DPO temperature beta")
+    packing: bool = _f(True, "SFT/R1: pack several conversations into each row of seq_len+1 tokens, "
+                             "attention kept within each; DPO: batch pairs of similar length "
+                             "(--no_packing: one conversation per row, batches as drawn)")
     reload_data: bool = _f(False, "re-read --data_path at each epoch boundary (growing files)")
     tokenizer_dir: str | None = _f(None, "use this tokenizer folder instead of the cached one")
     sample_tokens: int = _f(48, "tokens generated for the text sample at each evaluation")
@@ -146,7 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         flag = f"--{f.name}"
         meta = f.metadata
         if _caster(f) is _bool:
-            parser.add_argument(flag, action="store_true", help=meta["help"])
+            parser.add_argument(flag, action="store_true",
+                                help=meta["help"] + (" (default: on)" if f.default else ""))
+            if f.default:      # on by default: --no_<name> turns it off
+                parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false",
+                                    help=f"turn --{f.name} off")
         else:
             parser.add_argument(flag, type=_caster(f), choices=meta.get("choices"),
                                 metavar=f.name.upper(), help=meta["help"] + _default_text(f))

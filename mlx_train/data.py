@@ -144,6 +144,8 @@ def tokenizer_texts(task: str, records: Sequence[dict], render: Callable) -> lis
 # token datasets: extend(records) with new data, collate(indices) -> numpy batch
 #   tokens  (R, L+1) int32   rows to feed: inputs tokens[:, :-1], targets tokens[:, 1:]
 #   weights (R, L)   float32 loss weight per target (0 on padding and non-assistant tokens)
+#   real_tokens (R,) int32   real (non-padding) positions per row: inputs whose target is data;
+#                            a host-side count, the trainer takes it out before the step
 
 class Dataset(Protocol):
     example_prompt: list[int] | None
@@ -174,7 +176,8 @@ class PackedText:
     def collate(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         T = self.seq_len
         tokens = np.array([self.stream[i * T: i * T + T + 1] for i in indices], np.int32)  # (B, T+1)
-        return {"tokens": tokens, "weights": np.ones((len(indices), T), np.float32)}
+        return {"tokens": tokens, "weights": np.ones((len(indices), T), np.float32),
+                "real_tokens": np.full(len(indices), T, np.int32)}
 
 
 def _pad(rows: Sequence[tuple[list[int], list[float]]], *, pad_id: int,
@@ -186,7 +189,8 @@ def _pad(rows: Sequence[tuple[list[int], list[float]]], *, pad_id: int,
     for r, (ids, w) in enumerate(rows):
         tokens[r, :len(ids)] = ids
         weights[r, :len(ids) - 1] = w[1:]
-    return {"tokens": tokens, "weights": weights}
+    real = np.array([len(ids) - 1 for ids, _ in rows], np.int32)       # (R,)
+    return {"tokens": tokens, "weights": weights, "real_tokens": real}
 
 
 class ChatData:
@@ -258,13 +262,18 @@ class PairData(ChatData):
         return _pad(rows, pad_id=self.tok.pad_id, seq_len=self.seq_len)
 
 
-def make_dataset(task: str, tok: Tok, seq_len: int) -> Dataset:
-    """An empty dataset of the right kind for ``task``."""
+def make_dataset(task: str, tok: Tok, seq_len: int, *, packing: bool = False) -> Dataset:
+    """An empty dataset of the right kind for ``task``; with ``packing``, SFT and R1 pack
+    several conversations into each training row and DPO batches pairs of similar length
+    (`mlx_train.packing`)."""
+    from mlx_train.packing import GroupedPairs, PackedChat  # (packing imports this module)
+
     if task == "pretrain":
         return PackedText(tok, seq_len)
     if task == "dpo":
-        return PairData(tok, seq_len)
-    return ChatData(tok, seq_len, tag_weight=R1_TAG_WEIGHT if task == "r1" else 1.0)
+        return GroupedPairs(tok, seq_len) if packing else PairData(tok, seq_len)
+    kind = PackedChat if packing else ChatData
+    return kind(tok, seq_len, tag_weight=R1_TAG_WEIGHT if task == "r1" else 1.0)
 
 
 def split_indices(n: int) -> tuple[list[int], list[int]]:

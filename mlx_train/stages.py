@@ -12,14 +12,19 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlx_train.packing import packed_forward
+
 __all__ = ["LossFn", "STAGES", "Stage", "lm_loss", "make_dpo_loss", "sequence_logps"]
 
 Batch = dict[str, mx.array]
 LossFn = Callable[[nn.Module, Batch], tuple[mx.array, mx.array, dict[str, mx.array]]]
 
 
-def _token_logps(model: nn.Module, tokens: mx.array) -> mx.array:
-    logits = model(tokens[:, :-1]).astype(mx.float32)              # (R, L, V)
+def _token_logps(model: nn.Module, tokens: mx.array, segments: mx.array | None = None) -> mx.array:
+    inputs = tokens[:, :-1]                                         # (R, L)
+    # packed rows (mlx_train.packing): attention kept within each conversation of a row
+    logits = model(inputs) if segments is None else packed_forward(model, inputs, segments)
+    logits = logits.astype(mx.float32)                              # (R, L, V)
     targets = tokens[:, 1:]                                         # (R, L)
     return -nn.losses.cross_entropy(logits, targets)               # (R, L)
 
@@ -27,7 +32,7 @@ def _token_logps(model: nn.Module, tokens: mx.array) -> mx.array:
 def lm_loss(model: nn.Module, batch: Batch) -> tuple[mx.array, mx.array, dict[str, mx.array]]:
     """Weighted mean next-token cross-entropy (weights: 0 on padding/prompt, >1 on R1 tags)."""
     w = batch["weights"]                                            # (R, L)
-    nll = -_token_logps(model, batch["tokens"])                     # (R, L)
+    nll = -_token_logps(model, batch["tokens"], batch.get("segments"))   # (R, L)
     loss = (nll * w).sum() / mx.maximum(w.sum(), 1e-6)
     return loss, (w > 0).sum(), {}
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -173,7 +174,9 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
         report(note)
     tok = prepare_tokenizer(cfg, records, start=resume_from or init_from, report=report,
                             cache=world.is_main)
-    data = make_dataset(cfg.task, tok, cfg.seq_len)
+    if resume_from is not None:
+        cfg = _packing_of(resume_from, cfg, report=report)
+    data = make_dataset(cfg.task, tok, cfg.seq_len, packing=cfg.packing)
     data.extend(records)
     n_train = len(split_indices(len(data))[0])
     if n_train < cfg.batch_size:
@@ -231,7 +234,8 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
     pos = Position()
     if resume_from is not None:
         load_optimizer(optimizer, model, resume_from)
-        pos = Position(**{k: int(state[k]) for k in asdict(pos)})
+        # (tokens_seen is missing from checkpoints written before it was counted: 0)
+        pos = Position(**{k: int(state[k]) for k in asdict(pos) if k in state})
         mx.random.seed(_rng_seed(cfg.seed, pos.step))
     loss_fn = stage.make_loss(reference, cfg.beta)
     differ = world.same_everywhere(tokenizer=tok.tok.to_str(), samples=len(data), position=pos,
@@ -276,6 +280,20 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
             tok=tok, cfg=cfg, pos=pos, log=log, save=save, frozen=frozen, report=report,
             world=world)
     return last[-1] if last else None
+
+
+def _packing_of(ckpt: Path, cfg: TrainConfig, *, report) -> TrainConfig:
+    """A resumed run batches as it started: its data position counts those batches (a
+    checkpoint from before --packing existed was unpacked)."""
+    try:
+        saved = bool(json.loads((ckpt / "train_config.json").read_text(encoding="utf-8")).get("packing", False))
+    except (OSError, ValueError, AttributeError):
+        return cfg
+    if saved != cfg.packing:
+        report(f"[{cfg.task}] --resume: packing stays {'on' if saved else 'off'} as the run started "
+               "(its data position counts those batches)")
+        cfg = dataclasses.replace(cfg, packing=saved)
+    return cfg
 
 
 def _run_logdir(cfg: TrainConfig, run_: Run) -> Path | None:

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,12 @@ from mlx.utils import tree_map
 from mlx_train.config import PRESETS, TrainConfig
 from mlx_train.data import DataError, Dataset, JsonlSource, split_indices
 from mlx_train.distributed import SINGLE, World
+from mlx_train.packing import epoch_batches
 from mlx_train.stages import LossFn
 from mlx_train.tblog import TBLogger
 from mlx_train.tokenizer import Tok
 
-__all__ = ["Position", "evaluate", "fit", "generate_sample", "get_lr", "make_step",
+__all__ = ["Position", "epoch_plan", "evaluate", "fit", "generate_sample", "get_lr", "make_step",
            "micro_batches", "steps_per_epoch"]
 
 
@@ -45,6 +46,7 @@ class Position:
     epoch: int = 0            # current epoch
     batch: int = 0            # micro-batches of this epoch already consumed
     epoch_samples: int = 0    # dataset size this epoch's order was drawn from
+    tokens_seen: int = 0      # real (non-padding) tokens trained on so far, all ranks together
 
 
 def get_lr(step: int, *, peak: float, warmup: int, total: int, min_ratio: float) -> float:
@@ -58,16 +60,29 @@ def get_lr(step: int, *, peak: float, warmup: int, total: int, min_ratio: float)
     return peak * (min_ratio + coeff * (1.0 - min_ratio))
 
 
-def steps_per_epoch(n_samples: int, *, batch_size: int, accum_steps: int) -> int:
-    """Optimizer steps one epoch over ``n_samples`` gives (held-out samples excluded)."""
-    n_train = len(split_indices(n_samples)[0])
-    return (n_train // batch_size) // accum_steps
+def steps_per_epoch(data: Dataset, n_samples: int, *, batch_size: int, accum_steps: int,
+                    seed: int, epoch: int) -> int:
+    """Optimizer steps epoch ``epoch`` over the first ``n_samples`` gives (held-out samples
+    excluded; packed rows may differ in number from one epoch to the next)."""
+    return len(epoch_plan(data, n_samples, batch_size=batch_size, seed=seed, epoch=epoch)) // accum_steps
 
 
 def _order(n_samples: int, *, seed: int, epoch: int) -> list[int]:
     train, _ = split_indices(n_samples)
     perm = np.random.default_rng([seed, epoch]).permutation(len(train))
     return [train[i] for i in perm]
+
+
+def epoch_plan(data: Dataset, n_samples: int, *, batch_size: int, seed: int,
+               epoch: int) -> list[list[Any]]:
+    """Epoch ``epoch``'s global micro-batches over the first ``n_samples``, in order: what
+    ``data.collate`` takes (sample indices, or packed rows of them). Raises DataError if
+    there is not one whole batch."""
+    order = _order(n_samples, seed=seed, epoch=epoch)
+    batches = epoch_batches(data, order, batch_size=batch_size)
+    if not batches:
+        raise DataError(f"batch_size={batch_size} but only {len(order)} training samples")
+    return batches
 
 
 def micro_batches(data: Dataset, source: JsonlSource | None, pos: Position, *,
@@ -84,14 +99,11 @@ def micro_batches(data: Dataset, source: JsonlSource | None, pos: Position, *,
                 data.extend(source.read_new(growing=True, agree=world.agreed(f"epoch {pos.epoch} new lines")))
             pos.epoch_samples = world.least(len(data))
             world.note(f"epoch {pos.epoch}: {pos.epoch_samples} samples")
-        order = _order(pos.epoch_samples, seed=seed, epoch=pos.epoch)
-        n_batches = len(order) // batch_size
-        if n_batches == 0:
-            raise DataError(f"batch_size={batch_size} but only {len(order)} training samples")
-        while pos.batch < n_batches:
+        plan = epoch_plan(data, pos.epoch_samples, batch_size=batch_size, seed=seed, epoch=pos.epoch)
+        while pos.batch < len(plan):
             b = pos.batch
             pos.batch += 1
-            yield data.collate(world.shard(order[b * batch_size:(b + 1) * batch_size]))
+            yield data.collate(world.shard(plan[b]))    # packed first, then sharded by row
         pos.epoch, pos.batch = pos.epoch + 1, 0
 
 
@@ -186,9 +198,8 @@ def _run_description(cfg: TrainConfig, model: nn.Module) -> dict[str, Any]:
     return {**resolved, "model": {**sizes, "params": count_params(model)}}
 
 
-def _epoch_progress(pos: Position, batch_size: int) -> float:
+def _epoch_progress(pos: Position, n_batches: int) -> float:
     """Epochs done, with the fraction of the current one (1.5: half-way through the second)."""
-    n_batches = len(split_indices(pos.epoch_samples)[0]) // batch_size
     return pos.epoch + pos.batch / max(n_batches, 1)
 
 
@@ -218,11 +229,16 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
     ``report`` and ``save`` are the caller's to make silent on ranks other than 0."""
     B, accum = cfg.batch_size, cfg.accum_steps
 
-    def total_steps() -> int:
+    @lru_cache(maxsize=4)
+    def batches_in(n_samples: int, epoch: int) -> int:
+        return len(epoch_plan(data, n_samples, batch_size=B, seed=cfg.seed, epoch=epoch))
+
+    def total_steps() -> int:      # (later epochs are taken to have as many steps as this one)
         if cfg.max_steps > 0:
             return cfg.max_steps
         done_epochs = pos.epoch + (pos.batch > 0)
-        per_epoch = steps_per_epoch(world.least(len(data)), batch_size=B, accum_steps=accum)
+        n_samples = pos.epoch_samples if pos.batch > 0 else world.least(len(data))
+        per_epoch = batches_in(n_samples, pos.epoch) // accum
         return pos.step + max(0, cfg.epochs - done_epochs) * per_epoch + \
             (per_epoch - pos.batch // accum if pos.batch > 0 else 0)
 
@@ -238,9 +254,21 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
     lr_of = partial(get_lr, peak=cfg.learning_rate, warmup=cfg.warmup_steps,
                     min_ratio=cfg.min_lr_ratio)
 
-    win_loss, win_metrics, win_micro, win_tokens = mx.array(0.0), {}, 0, 0
+    win_loss, win_metrics, win_micro, win_trained = mx.array(0.0), {}, 0, mx.array(0)
     win_start = time.perf_counter()
-    tokens_seen = 0            # by this process (a resumed run counts from its restart)
+    # real (non-padding) tokens: this rank's not yet counted in pos.tokens_seen, and the
+    # global count of this log window
+    pending_real, win_real = 0, 0
+
+    def count_real() -> int:
+        """Add every rank's pending real tokens to pos.tokens_seen (a collective); returns them."""
+        nonlocal pending_real
+        new = pending_real if world.size == 1 else \
+            int(world.sum({"t": mx.array(pending_real)})["t"].item())
+        pos.tokens_seen += new
+        pending_real = 0
+        return new
+
     log.describe(_run_description(cfg, model))
     epoch_before = pos.epoch
     model.train()
@@ -250,13 +278,15 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
         optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
         grad_acc = None
         for micro in range(accum):
-            batch = {k: mx.array(v) for k, v in next(batches).items()}
-            win_tokens += batch["tokens"].shape[0] * (batch["tokens"].shape[1] - 1)
-            loss, _, metrics, grad_norm, grad_acc = step(batch, grad_acc, micro == accum - 1)
+            host = next(batches)
+            pending_real += int(host.pop("real_tokens").sum())       # padding excluded
+            batch = {k: mx.array(v) for k, v in host.items()}
+            loss, ntoks, metrics, grad_norm, grad_acc = step(batch, grad_acc, micro == accum - 1)
             win_loss = win_loss + loss
+            win_trained = win_trained + ntoks                    # loss-bearing targets
             win_metrics = {k: win_metrics.get(k, 0.0) + v for k, v in metrics.items()}
             win_micro += 1
-            mx.eval(state, win_loss, win_metrics, grad_norm, grad_acc)
+            mx.eval(state, win_loss, win_metrics, win_trained, grad_norm, grad_acc)
         pos.step += 1
         if cfg.max_steps == 0 and pos.epoch != epoch_before:    # data may have grown
             total, epoch_before = max(total_steps(), pos.step), pos.epoch
@@ -268,15 +298,17 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
                 reduced = world.mean({"train/loss": win_loss, **win_metrics})
                 win_loss = reduced.pop("train/loss")
                 win_metrics = reduced
-                win_tokens = int(world.sum({"t": mx.array(win_tokens)})["t"].item())
+                win_trained = world.sum({"t": win_trained})["t"]
+            win_real += count_real()
             elapsed = time.perf_counter() - win_start
             steps_in_window = win_micro / accum
-            tokens_seen += win_tokens
             values = {"train/loss": win_loss.item() / win_micro, "train/lr": lr,
                       "train/grad_norm": grad_norm.item(),
-                      "train/tokens_per_sec": win_tokens / max(elapsed, 1e-9),
+                      "train/tokens_per_sec": win_real / max(elapsed, 1e-9),
+                      "train/trained_tokens_per_sec": win_trained.item() / max(elapsed, 1e-9),
                       "train/step_time": elapsed / max(steps_in_window, 1e-9),
-                      "train/epoch": _epoch_progress(pos, B), "train/tokens_seen": tokens_seen,
+                      "train/epoch": _epoch_progress(pos, batches_in(pos.epoch_samples, pos.epoch)),
+                      "train/tokens_seen": pos.tokens_seen,
                       "train/peak_memory_gb": _peak_memory_gb()}
             values.update({k: v.item() / win_micro for k, v in win_metrics.items()})
             log.scalars(pos.step, values)
@@ -285,8 +317,11 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
                             if k.startswith("dpo/"))
             report(f"[{cfg.task}] step {pos.step}/{total} | loss {values['train/loss']:.4f}{extra}"
                    f" | lr {lr:.2e} | grad {values['train/grad_norm']:.2f}"
-                   f" | {values['train/tokens_per_sec']:,.0f} tok/s | ETA {_fmt_time(eta)}")
-            win_loss, win_metrics, win_micro, win_tokens = mx.array(0.0), {}, 0, 0
+                   f" | {values['train/tokens_per_sec']:,.0f} tok/s (real)"
+                   f" | {values['train/trained_tokens_per_sec']:,.0f} tok/s (trained)"
+                   f" | ETA {_fmt_time(eta)}")
+            win_loss, win_metrics, win_micro, win_trained = mx.array(0.0), {}, 0, mx.array(0)
+            win_real = 0
             win_start = time.perf_counter()
 
         # ---- evaluate, with a generated text sample ----
@@ -310,6 +345,7 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
         # ---- checkpoint ----
         if pos.step % cfg.save_interval == 0 or last:
             tic = time.perf_counter()
+            win_real += count_real()             # the checkpoint holds every token trained on
             path = save(pos)
             report(f"[{cfg.task}] saved {path}")
             win_start += time.perf_counter() - tic

@@ -440,3 +440,20 @@ def test_pipeline_runs_every_stage_under_mlx_launch_and_starts_tensorboard_once(
         assert [p.name for p in (tmp_path / "out" / stage).glob("*/step_*")] == ["step_0000004"]
         assert result.stderr.count(f"[{stage}] step 4/4 ") == 1
     assert len(tensorboard_pids(tmp_path)) == 1
+
+
+def test_packed_sft_under_two_ranks_splits_the_packed_rows_and_counts_every_real_token(tmp_path, data):
+    """Packing (on by default for SFT) packs the global batch, then each rank takes its rows:
+    the two ranks train on exactly the rows, data position and real tokens of one process."""
+    args = ("--batch_size", "4", "--max_steps", "3", "--eval_interval", "3", "--seq_len", "256")
+    ref = run(trainer("sft", data["sft"], tmp_path / "single", *args), tmp_path / "single")
+    two = run(launcher() + trainer("sft", data["sft"], tmp_path / "dp", *args), tmp_path / "dp")
+    assert ref.returncode == 0 and two.returncode == 0, two.stderr
+    want, got = scalars(tmp_path / "single" / "tb" / RUN), scalars(tmp_path / "dp" / "tb" / RUN)
+    assert got["train/tokens_seen"] == want["train/tokens_seen"]           # summed over the ranks
+    assert got["train/trained_tokens_per_sec"].keys() == want["train/tokens_seen"].keys()
+    state, ref_state = (json.loads((root / "out" / RUN / "step_0000003" / "trainer_state.json").read_text())
+                        for root in (tmp_path / "dp", tmp_path / "single"))
+    assert {k: state[k] for k in ("step", "epoch", "batch", "tokens_seen")} == \
+        {k: ref_state[k] for k in ("step", "epoch", "batch", "tokens_seen")}
+    assert "2 ranks x 2 rows" in two.stderr

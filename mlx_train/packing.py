@@ -1,0 +1,161 @@
+"""Sequence packing for SFT and R1: several conversations share one row of seq_len+1 tokens, and
+attention stays within each (a block-diagonal causal mask). DPO, whose loss needs each answer
+on a row of its own, gets length-grouped batches instead (less padding).
+
+Positions run on through a row: conversation 2 of a row sits at positions 40..75 rather than
+0..35. With rotary embeddings that changes nothing — a query-key score depends only on the two
+positions' difference — so under the block-diagonal mask each conversation's logits are those it
+gets alone in a row (tests/test_mlx_train_packing.py checks this numerically).
+
+An epoch's rows are packed from that epoch's shuffled order (first fit among the most recent
+rows still open), so which conversations share a row, and hence the data position a checkpoint
+records (micro-batches consumed), follows from seed and epoch alone: --resume is exact. A data
+parallel run packs the global batch first, then each rank takes its rows.
+
+Batches (see mlx_train.data): tokens (R, L+1), weights (R, L), real_tokens (R,) as unpacked, plus
+    segments (R, L) int32  which conversation (1, 2, ...) each input position belongs to; 0: padding
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from mlx_train.data import PAD_MULTIPLE, ChatData, Dataset, PairData
+
+__all__ = ["GROUP_BATCHES", "OPEN_ROWS", "GroupedPairs", "PackedChat", "epoch_batches",
+           "group_by_length", "pack", "packed_forward", "segment_mask"]
+
+OPEN_ROWS = 64       # rows a conversation may still join (first fit); older rows are closed
+GROUP_BATCHES = 16   # length grouping sorts windows of this many batches of the shuffled order
+
+
+def pack(order: Sequence[int], lengths: Sequence[int], *, capacity: int,
+         open_rows: int = OPEN_ROWS) -> list[tuple[int, ...]]:
+    """Rows of sample indices taken in ``order``: each sample goes into the first of the last
+    ``open_rows`` rows it fits (``lengths[i]`` tokens, at most ``capacity`` a row), else a new row.
+    Rows are returned in the order they were opened."""
+    rows: list[list[int]] = []
+    free: list[int] = []             # room left in each row
+    first_open = 0
+    for i in order:
+        n = lengths[i]
+        if n > capacity:
+            raise ValueError(f"sample {i} has {n} tokens, more than a row's {capacity}")
+        for r in range(first_open, len(rows)):
+            if free[r] >= n:
+                rows[r].append(i)
+                free[r] -= n
+                break
+        else:
+            rows.append([i])
+            free.append(capacity - n)
+            first_open = max(0, len(rows) - open_rows)
+    return [tuple(r) for r in rows]
+
+
+def epoch_batches(data: Dataset, order: Sequence[int], *, batch_size: int) -> list[list[Any]]:
+    """An epoch's micro-batches (global, before sharding) from its shuffled sample ``order``:
+    what ``data.collate`` takes. Consecutive samples (a remainder short of a batch left out),
+    unless the dataset plans its own: `PackedChat` packed rows, `GroupedPairs` length groups."""
+    plan = getattr(data, "plan", None)
+    if plan is not None:
+        return plan(order, batch_size=batch_size)
+    return [list(order[b * batch_size:(b + 1) * batch_size]) for b in range(len(order) // batch_size)]
+
+
+def group_by_length(order: Sequence[int], lengths: Sequence[int], *, batch_size: int,
+                    window: int = GROUP_BATCHES) -> list[list[int]]:
+    """Batches of samples of similar length: the whole batches of ``order`` (a remainder short
+    of a batch is left out, as without grouping) are taken ``window`` batches at a time, sorted
+    by length and cut into batches, which are then shuffled within their window (seeded by the
+    window's samples: the same order gives the same batches)."""
+    usable = list(order[:len(order) // batch_size * batch_size])
+    batches: list[list[int]] = []
+    for w in range(0, len(usable), window * batch_size):
+        chunk = usable[w:w + window * batch_size]
+        by_length = sorted(chunk, key=lambda i: lengths[i])
+        cut = [by_length[b:b + batch_size] for b in range(0, len(by_length), batch_size)]
+        batches += [cut[k] for k in np.random.default_rng(chunk).permutation(len(cut))]
+    return batches
+
+
+class GroupedPairs(PairData):
+    """DPO pairs batched with pairs of similar length (`group_by_length` on the longer answer)."""
+
+    def plan(self, order: Sequence[int], *, batch_size: int) -> list[list[int]]:
+        """The epoch's micro-batches of ``batch_size`` pairs."""
+        lengths = [max(len(chosen[0]), len(rejected[0])) for chosen, rejected in self.pairs]
+        return group_by_length(order, lengths, batch_size=batch_size)
+
+
+class PackedChat(ChatData):
+    """SFT/R1 conversations packed into rows of ``seq_len + 1`` tokens for training.
+
+    ``collate`` takes packed rows (tuples of sample indices, from ``plan``) or plain sample
+    indices (one conversation per row, as `ChatData`: what evaluation uses)."""
+
+    def plan(self, order: Sequence[int], *, batch_size: int) -> list[list[tuple[int, ...]]]:
+        """The epoch's micro-batches of ``batch_size`` packed rows: every conversation of
+        ``order`` once (the last batch is filled up with empty rows, weight 0)."""
+        rows = pack(order, [len(ids) for ids, _ in self.rows], capacity=self.seq_len + 1)
+        rows += [()] * (-len(rows) % batch_size)
+        return [rows[b * batch_size:(b + 1) * batch_size] for b in range(len(rows) // batch_size)]
+
+    def collate(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
+        if not items or not isinstance(items[0], tuple):
+            return super().collate(items)
+        return _collate_packed([[self.rows[i] for i in row] for row in items],
+                               pad_id=self.tok.pad_id, seq_len=self.seq_len)
+
+
+def _collate_packed(rows: Sequence[Sequence[tuple[list[int], list[float]]]], *, pad_id: int,
+                    seq_len: int) -> dict[str, np.ndarray]:
+    """Rows of conversations, each ``(ids, weights)``, laid end to end and padded like
+    unpacked rows (to a multiple of PAD_MULTIPLE, at most seq_len)."""
+    longest = max(max(sum(len(ids) for ids, _ in row) for row in rows) - 1, 1)
+    L = min(seq_len, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
+    tokens = np.full((len(rows), L + 1), pad_id, np.int32)              # (R, L+1)
+    weights = np.zeros((len(rows), L), np.float32)                      # (R, L)
+    segments = np.zeros((len(rows), L), np.int32)                       # (R, L)
+    real = np.zeros(len(rows), np.int32)                                # (R,)
+    for r, row in enumerate(rows):
+        at = 0
+        for s, (ids, w) in enumerate(row, start=1):
+            n = len(ids)
+            tokens[r, at:at + n] = ids
+            weights[r, at:at + n - 1] = w[1:]    # its last token's target is the next one's first
+            segments[r, at:at + n] = s             # (its last token may fall past L)
+            real[r] += n - 1
+            at += n
+    return {"tokens": tokens, "weights": weights, "real_tokens": real, "segments": segments}
+
+
+def segment_mask(segments: mx.array) -> mx.array:
+    """Block-diagonal causal attention mask (R, 1, L, L), True where a query may attend a key:
+    same segment, key not after query."""
+    L = segments.shape[1]
+    causal = mx.tril(mx.ones((L, L), dtype=mx.bool_))                          # (L, L)
+    same = segments[:, :, None] == segments[:, None, :]                         # (R, L, L)
+    return (same & causal)[:, None]                                             # (R, 1, L, L)
+
+
+def packed_forward(model: nn.Module, inputs: mx.array, segments: mx.array) -> mx.array:
+    """Logits (R, L, V) of `mlx_lm.models.llama.Model` on packed ``inputs`` (R, L): its own
+    forward pass (embed, layers, norm, head) with the block-diagonal mask in place of the
+    causal one it would build."""
+    if getattr(model.args, "sliding_window", None):
+        raise ValueError("packing does not support sliding-window attention (use --no_packing)")
+    inner = model.model
+    h = inner.embed_tokens(inputs)                                              # (R, L, D)
+    mask = segment_mask(segments)
+    for layer in inner.layers:
+        h = layer(h, mask)
+    h = inner.norm(h)
+    if model.args.tie_word_embeddings:
+        return inner.embed_tokens.as_linear(h)
+    return model.lm_head(h)
