@@ -40,7 +40,7 @@ def epoch_run(*, task: str, data: Path, out_dir: Path, name: str, preset: str, b
             "--epochs", str(epochs), "--seed", str(seed), "--log_interval", "1",
             "--eval_interval", "1000000", "--eval_batches", "100",
             "--save_interval", "1000000", "--keep_last", "1", "--sample_tokens", "0",
-            "--packing" if packing else "--no_packing"]
+            *(["--packing"] if packing else [])]
     tic = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "TB_AUTO": "0"})

@@ -149,7 +149,7 @@ def packed_forward(model: nn.Module, inputs: mx.array, segments: mx.array) -> mx
     forward pass (embed, layers, norm, head) with the block-diagonal mask in place of the
     causal one it would build."""
     if getattr(model.args, "sliding_window", None):
-        raise ValueError("packing does not support sliding-window attention (use --no_packing)")
+        raise ValueError("packing does not support sliding-window attention (train without --packing)")
     inner = model.model
     h = inner.embed_tokens(inputs)                                              # (R, L, D)
     mask = segment_mask(segments)

@@ -443,9 +443,9 @@ def test_pipeline_runs_every_stage_under_mlx_launch_and_starts_tensorboard_once(
 
 
 def test_packed_sft_under_two_ranks_splits_the_packed_rows_and_counts_every_real_token(tmp_path, data):
-    """Packing (on by default for SFT) packs the global batch, then each rank takes its rows:
+    """Packing (--packing) packs the global batch, then each rank takes its rows:
     the two ranks train on exactly the rows, data position and real tokens of one process."""
-    args = ("--batch_size", "4", "--max_steps", "3", "--eval_interval", "3", "--seq_len", "256")
+    args = ("--batch_size", "4", "--max_steps", "3", "--eval_interval", "3", "--seq_len", "256", "--packing")
     ref = run(trainer("sft", data["sft"], tmp_path / "single", *args), tmp_path / "single")
     two = run(launcher() + trainer("sft", data["sft"], tmp_path / "dp", *args), tmp_path / "dp")
     assert ref.returncode == 0 and two.returncode == 0, two.stderr

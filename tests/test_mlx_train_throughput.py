@@ -60,7 +60,7 @@ def test_logged_throughput_counts_real_and_trained_tokens_and_resume_continues(t
     out = tmp_path / "out"
     args = ["--task", "sft", "--data_path", str(data_path), "--out_dir", str(out), "--run_name", "r",
             "--batch_size", str(B), "--epochs", "2", "--save_interval", "5", "--keep_last", "5",
-            "--log_interval", "5", "--no_packing", *TINY]
+            "--log_interval", "5", *TINY]
     assert train.main([*args, "--tensorboard_dir", str(tmp_path / "tb")]) == 0
     assert "tok/s (real)" in capsys.readouterr().err
     real, trained = epoch_counts(data_path, Tok.load(out / "tokenizer"), 64)
