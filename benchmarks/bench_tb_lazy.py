@@ -80,7 +80,8 @@ def p90(xs: list[float]) -> float:
 
 
 def _real_event_file() -> tuple[bytes, bytes]:
-    """(header record, one scalar record), cut from a file tensorboardX writes."""
+    """(header record, one scalar record), cut from a file tensorboardX writes now (the record
+    carries its own wall time, and tb_lazy counts only records written since the watch began)."""
     from tensorboardX import SummaryWriter
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -92,7 +93,7 @@ def _real_event_file() -> tuple[bytes, bytes]:
     return data[:header], data[header:]
 
 
-HEADER, RECORD = _real_event_file()
+HEADER, _ = _real_event_file()
 
 
 def header_file(folder: Path) -> Path:
@@ -104,10 +105,11 @@ def header_file(folder: Path) -> Path:
 
 def flush_record(path: Path) -> float:
     """Append one scalar record with a single write, as a writer's flush does; return the time just before."""
+    header, record = _real_event_file()      # a record of now, made before the clock starts
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         t0 = time.perf_counter()
-        os.write(fd, RECORD if os.fstat(fd).st_size else HEADER + RECORD)
+        os.write(fd, record if os.fstat(fd).st_size else header + record)
     finally:
         os.close(fd)
     return t0

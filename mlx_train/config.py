@@ -57,8 +57,10 @@ class TrainConfig:
 
     task: str = _f("pretrain", "training stage", choices=TASKS)
     data_path: str = _f("", "JSONL training data (format depends on --task)")
-    out_dir: str = _f("out", "folder for checkpoints out_dir/step_XXXXXXX/ and the cached tokenizer")
-    tensorboard_dir: str | None = _f(None, "write TensorBoard logs into this folder (none: no logs)")
+    out_dir: str = _f("out", "stage folder: each run's checkpoints in out_dir/<run>/step_XXXXXXX/, the "
+                             "latest saved one as a model in out_dir itself, the cached tokenizer")
+    tensorboard_dir: str | None = _f(None, "write TensorBoard logs into this folder's <run>/ subfolder, one "
+                                           "TensorBoard run per run (none: no logs)")
     preset: str = _f("tiny", "model size preset", choices=tuple(PRESETS))
     hidden_size: int | None = _f(None, "override the preset's hidden size")
     num_layers: int | None = _f(None, "override the preset's number of layers")
@@ -80,7 +82,9 @@ class TrainConfig:
     log_interval: int = _f(10, "print progress and log scalars every N steps")
     eval_interval: int = _f(100, "evaluate and log a text sample every N steps (and at the end)")
     eval_batches: int = _f(4, "micro-batches per evaluation")
-    init_from: str | None = _f(None, "start from this checkpoint or a stage's out_dir (latest step)")
+    init_from: str | None = _f(None, "start from this checkpoint, a run's folder (its latest step) or a stage's "
+                                     "out_dir (its newest run's latest step); with --resume: only when the "
+                                     "run to resume has no checkpoint yet")
     resume: bool = _f(False, "continue the newest run in --out_dir (or the one --run_name names) "
                              "from its latest checkpoint")
     run_name: str | None = _f(None, "this run's name: its folder in --out_dir and in --tensorboard_dir "
@@ -223,9 +227,6 @@ def _check(cfg: TrainConfig) -> None:
             raise UsageError(f"--{name}={getattr(cfg, name)} must not be negative")
     if cfg.learning_rate is None or cfg.learning_rate <= 0:
         raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
-    if cfg.resume and cfg.init_from:
-        raise UsageError("--resume and --init_from exclude each other "
-                         f"(resume reads {cfg.out_dir}, init_from={cfg.init_from})")
     if cfg.run_name is not None and (not RUN_NAME_RE.fullmatch(cfg.run_name)
                                      or re.fullmatch(r"step_\d{7}|tokenizer", cfg.run_name)):
         raise UsageError(f"--run_name={cfg.run_name!r}: use up to 100 letters, digits and . _ + - "

@@ -148,7 +148,8 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
             resume_from = list_checkpoints(resumed.path)[-1]
         else:
             which = f"of run {cfg.run_name} " if cfg.run_name else ""
-            report(f"[{cfg.task}] --resume: no checkpoint {which}in {cfg.out_dir} yet, starting fresh")
+            start = f"from {cfg.init_from}" if cfg.init_from else "fresh"
+            report(f"[{cfg.task}] --resume: no checkpoint {which}in {cfg.out_dir} yet, starting {start}")
     if cfg.init_from and resume_from is None:
         init_from = find_checkpoint(cfg.init_from)
 

@@ -60,7 +60,8 @@ a checkpoint to sample from.
 
 Every run is its own: each stage starts from the checkpoint the stage before it wrote in
 this run, and the sample comes from this run's last stage. To continue an interrupted run:
-RUN_NAME=<its name> ${0##*/} -- --resume (with --skip-... for the stages it finished).
+RUN_NAME=<its name> ${0##*/} -- --resume (a finished stage has nothing to do; a stage
+that never saved starts from the stage before it).
 
 Exit status: 0 done, 1 no checkpoint to sample from, a failing stage's own status,
 2 bad usage (a flag, a TB_* value or a training argument), 130 interrupted.
@@ -204,8 +205,9 @@ name_run() {
   fi
   local logs="" stages
   stages=$(IFS=,; printf '%s' "${PLANNED[*]}")
-  [[ -n "$TF_DIR" ]] && logs=", logs in $TF_DIR/{$stages}/$RUN_NAME"
-  info "run $RUN_NAME: checkpoints in $OUT_DIR/{$stages}/$RUN_NAME$logs"
+  ((${#PLANNED[@]} > 1)) && stages="{$stages}"
+  [[ -n "$TF_DIR" ]] && logs=", logs in $TF_DIR/$stages/$RUN_NAME"
+  info "run $RUN_NAME: checkpoints in $OUT_DIR/$stages/$RUN_NAME$logs"
 }
 
 # run_exists NAME — a run of that name has a folder under $OUT_DIR or $TF_DIR (any stage).

@@ -190,6 +190,26 @@ def test_two_runs_are_two_tensorboard_runs_with_every_point_and_a_trial_each(rer
     assert {"learning_rate", "max_steps", "run_name"} <= set(shown), shown
 
 
+def test_an_interrupted_run_continues_under_its_name(rerun, own_root):
+    """``RUN_NAME=<its name> run_mlx.sh -- --resume``: every stage continues that run's own series
+    (SFT too, though the pipeline hands it --init_from: a run that has a checkpoint resumes)."""
+    root, env, _, (_, name2) = rerun
+    for folder in ("out", "data"):              # a copy: the shared smoke folders stay as they are
+        shutil.copytree(root / folder, own_root / folder)
+    before = {stage: sorted(p.name for p in (own_root / "out" / stage).iterdir() if p.is_dir())
+              for stage in ("pretrain", "sft")}
+    env = pipeline_env(own_root, TB_AUTO="0", RUN_NAME=name2)
+    result = run(RUN_MLX, "--smoke-test", "--skip-infer", "--", "--resume", "--max_steps", "8", env=env, cwd=own_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = own_root / "out"
+    for stage in ("pretrain", "sft"):
+        assert f"[{stage}] resuming run {name2}: checkpoints in {out / stage / name2}" in result.stderr
+        assert f"(run {name2}, step 5)" in result.stderr
+        assert (out / stage / name2 / "step_0000008" / "model.safetensors").is_file(), stage
+        assert sorted(p.name for p in (out / stage).iterdir() if p.is_dir()) == before[stage], "no new run"
+        assert find_checkpoint(out / stage) == out / stage / name2 / "step_0000008"
+
+
 def test_infer_only_starts_nothing(smoke):
     root, env, _ = smoke
     before = tensorboard_pids(root)
