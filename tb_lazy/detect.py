@@ -185,6 +185,7 @@ def wait_for_new_data(
     timeout: float | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     observer_factory: Callable[[float | None], BaseObserver] = make_observer,
+    on_ready: Callable[[], None] | None = None,
 ) -> Path | None:
     """Block until an event file under ``logdir`` holds data written since ``since``
     (a time.time() value; None: any data counts); return that file.
@@ -193,11 +194,14 @@ def wait_for_new_data(
     (checked several times a second; a last scan then catches data the events didn't
     bring yet). Polls once a second instead of using inotify on a network file system,
     or when inotify can't watch every folder (instance or watch limit reached).
+
+    ``on_ready`` is called once, when the first watches are placed and the scan after them
+    is done: from then on, any data written is seen (what tests wait for instead of sleeping).
     """
     if poll is None and (kind := file_system_type(nearest_existing(logdir))) in NETWORK_FILE_SYSTEMS:
         note(f"{logdir} is on {kind}, where inotify misses other machines' writes; polling every {FALLBACK_POLL:g}s")
         poll = FALLBACK_POLL
-    waiter = _Waiter(logdir, RunData(since), timeout, should_stop)
+    waiter = _Waiter(logdir, RunData(since), timeout, should_stop, on_ready)
     observer = started(observer_factory, poll, logdir)
     found: Path | None = None
     try:
@@ -229,8 +233,10 @@ _MOVED_ON = Path("moved on")  # sentinel: the layout changed, place the watches 
 class _Waiter:
     """One wait, across the layouts it goes through (folders appearing, links added)."""
 
-    def __init__(self, logdir: Path, run: RunData, timeout: float | None, should_stop: Callable[[], bool]) -> None:
+    def __init__(self, logdir: Path, run: RunData, timeout: float | None, should_stop: Callable[[], bool],
+                 on_ready: Callable[[], None] | None = None) -> None:
         self.logdir = logdir
+        self.on_ready = on_ready
         self.run = run
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.should_stop = should_stop
@@ -271,6 +277,9 @@ class _Waiter:
                 return found
         elif nearest_existing(self.logdir) != anchor:
             return _MOVED_ON
+        if self.on_ready is not None:  # watches placed, second scan done: nothing written from now on is missed
+            self.on_ready()
+            self.on_ready = None
         while True:
             changed, folders = self.handler.take()
             if found := _first_new(self.run, changed):

@@ -31,6 +31,7 @@ from tb_lazy.launch import (
 )
 from tb_lazy.messages import note, warn
 from tb_lazy.process import Identity, identify, start_wall_time
+from tb_lazy.watchers import mark_ready
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,7 @@ def watch(
         with while_waiting(settings.logdir, since=_run_start(settings, began)):  # the "writer buffers" hint
             found = wait_for_new_data(
                 settings.logdir, since=_run_start(settings, began), poll=settings.poll, timeout=settings.timeout,
-                should_stop=ended,
+                should_stop=ended, on_ready=mark_ready,
             )
         if found is None:
             return Skipped(_why_not(settings, stop))

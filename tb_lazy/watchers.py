@@ -34,6 +34,7 @@ def watching(logdir: Path) -> Iterator[int]:
     folder = private_dir("watchers")
     remove_old_tmp(folder)
     path = folder / f"{os.getpid()}.json"
+    ready_marker(folder).unlink(missing_ok=True)  # a dead watcher's of the same PID
     tmp = folder / f".{os.getpid()}.json.tmp"
     entry = {"pid": os.getpid(), "logdir": os.fspath(logdir), "since": time.time_ns()}
     with open(tmp, "w", encoding="utf-8") as handle:
@@ -52,6 +53,18 @@ def watching(logdir: Path) -> Iterator[int]:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+            ready_marker(folder).unlink(missing_ok=True)
+
+
+def ready_marker(folder: Path | None = None) -> Path:
+    """``<pid>.ready`` beside this watcher's announcement: made once its watches are placed
+    (`mark_ready`), so that whoever starts a watcher can wait for that instead of guessing."""
+    return (folder or watchers_dir()) / f"{os.getpid()}.ready"
+
+
+def mark_ready() -> None:
+    """This watcher now sees any data written (its watches are placed)."""
+    ready_marker().touch()
 
 
 @contextlib.contextmanager

@@ -219,15 +219,11 @@ class TbEnv:
         return proc
 
     def watching(self, proc: Proc, timeout: float = 30.0) -> None:
-        """Wait until ``proc`` (a watcher) has announced its watch: its observer is next.
-
-        The announcement comes just before the observer is scheduled, so a short pause
-        after it lets the observer settle too.
-        """
-        announced = self.root / "state" / "watchers" / f"{proc.pid}.json"
-        assert wait_for(lambda: announced.exists() or proc.proc.poll() is not None, timeout), "watcher never started"
+        """Wait until ``proc`` (a watcher) says its watches are placed (``<pid>.ready`` beside
+        its announcement): from then on it sees whatever is written."""
+        ready = self.root / "state" / "watchers" / f"{proc.pid}.ready"
+        assert wait_for(lambda: ready.exists() or proc.proc.poll() is not None, timeout), "watcher never got ready"
         assert proc.proc.poll() is None, f"watcher ended early: {proc.stderr}"
-        time.sleep(0.3)
 
     def spawn(self, args: list[str], env: dict[str, str] | None = None, **popen) -> Proc:
         """Start any helper process that teardown must stop."""

@@ -9,21 +9,24 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import append_record, flush_scalar, header_only, write_scalar
+from conftest import append_record, flush_scalar, header_only, wait_for, write_scalar
 
 from tb_lazy.detect import is_event_file, wait_for_new_data
 from tb_lazy.observe import file_system_type, make_observer
 
 
 def wait_in_thread(logdir: Path, *, since: float | None = None, **options) -> tuple[threading.Thread, list]:
-    """Start waiting in a thread; the run began now unless ``since`` says otherwise."""
+    """Start waiting in a thread, and return once its watches are placed (``on_ready``); the
+    run began now unless ``since`` says otherwise."""
     since = time.time() if since is None else since
     result: list = []
+    ready = threading.Event()
     thread = threading.Thread(
-        target=lambda: result.append(wait_for_new_data(logdir, since=since, **options)), daemon=True
+        target=lambda: result.append(wait_for_new_data(logdir, since=since, on_ready=ready.set, **options)),
+        daemon=True,
     )
     thread.start()
-    time.sleep(0.5)  # let the observer settle
+    assert wait_for(lambda: ready.is_set() or not thread.is_alive(), timeout=60), "the wait never got ready"
     return thread, result
 
 
@@ -217,7 +220,6 @@ def test_data_deep_in_a_tree_of_ten_thousand_folders_is_seen(tmp_path):
         for j in range(100):
             (logdir / f"run{i:03d}" / f"sub{j:03d}").mkdir(parents=True)
     thread, result = wait_in_thread(logdir, timeout=10)
-    time.sleep(1.0)  # let the start-up scans and the recursive watch settle
     event_file = header_only(logdir / "run057" / "sub042")
     append_record(event_file)
     assert finish(thread, result) == event_file

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import append_record, get_json, header_only, tensorboard_pids, write_scalar
+from conftest import append_record, get_json, header_only, tensorboard_pids, wait_for, write_scalar
 
 from tb_lazy.cli import main
 from tb_lazy.detect import wait_for_new_data
@@ -53,10 +53,7 @@ def test_a_symlinked_subfolder_is_watched_too(tmp_path):
     elsewhere.mkdir(parents=True)
     (logdir / "sft").symlink_to(elsewhere)
     (logdir / "loop").symlink_to(logdir)  # a link back into the tree adds nothing (and doesn't hang)
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(wait_for_new_data(logdir, since=time.time(), timeout=30)))
-    thread.start()
-    time.sleep(0.5)
+    thread, result = wait_in_thread(logdir, timeout=30)
     event_file = write_scalar(elsewhere)
     thread.join(timeout=30)
     assert result and result[0] is not None and result[0].name == event_file.name
@@ -67,10 +64,7 @@ def test_a_symlinked_folder_appearing_later_is_followed(tmp_path):
     logdir.mkdir()
     elsewhere = tmp_path / "scratch" / "dpo"
     elsewhere.mkdir(parents=True)
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(wait_for_new_data(logdir, since=time.time(), timeout=30)))
-    thread.start()
-    time.sleep(0.5)
+    thread, result = wait_in_thread(logdir, timeout=30)
     (logdir / "dpo").symlink_to(elsewhere)
     time.sleep(0.5)
     event_file = write_scalar(elsewhere)
@@ -138,10 +132,12 @@ def wait_in_thread(logdir, *, since: float | None = None, **options) -> tuple[th
     """A real observer waiting in a thread for data written since ``since`` (default: now)."""
     since = time.time() if since is None else since
     result: list = []
-    thread = threading.Thread(target=lambda: result.append(wait_for_new_data(logdir, since=since, **options)),
-                              daemon=True)
+    ready = threading.Event()
+    thread = threading.Thread(
+        target=lambda: result.append(wait_for_new_data(logdir, since=since, on_ready=ready.set, **options)),
+        daemon=True)
     thread.start()
-    time.sleep(0.5)  # let the observer settle
+    assert wait_for(lambda: ready.is_set() or not thread.is_alive(), timeout=60), "the wait never got ready"
     return thread, result
 
 
