@@ -15,12 +15,8 @@ import importlib.metadata
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package, which [dev] installs there
-    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 OWN = {"tb_lazy", "mlx_train"}
@@ -92,9 +88,8 @@ def test_the_train_extra_declares_every_module_mlx_train_imports():
 def test_dev_is_train_and_notebook_plus_the_test_and_build_tools():
     """The README's and CI's `pip install -e ".[dev]"` sets up everything the tests and CI need."""
     dev = _project()["optional-dependencies"]["dev"]
-    assert {_name(r) for r in dev} == {"tb-lazy", "pytest", "ruff", "nbclient", "nbformat", "build", "tomli"}
+    assert {_name(r) for r in dev} == {"tb-lazy", "pytest", "ruff", "nbclient", "nbformat", "build"}
     assert any(re.fullmatch(r"tb-lazy\[train, ?notebook\]", r.strip()) for r in dev), dev
-    assert any(_name(r) == "tomli" and "python_version < '3.11'" in r for r in dev), dev  # tomllib from 3.11
 
 
 def test_the_wheel_holds_tb_lazy_alone():
