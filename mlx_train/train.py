@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import sys
 import tempfile
@@ -86,10 +87,13 @@ def silent(message: str) -> None:
 def prepare_tokenizer(cfg: TrainConfig, records: Sequence[dict], *, start: Path | None,
                       report=say, cache: bool = True) -> Tok:
     """The run's tokenizer: the starting checkpoint's, --tokenizer_dir, the one cached in
-    ``out_dir/tokenizer``, or a new one trained on ``records`` and cached there (without
-    ``cache``, as on ranks other than 0, trained in a temporary folder and not kept: training
-    is deterministic, so every rank gets the same one).
+    ``out_dir/tokenizer`` if it was trained on the same texts with the same sizes, or a new one
+    trained on ``records`` and cached there (without ``cache``, as on ranks other than 0,
+    trained in a temporary folder and not kept: training is deterministic, so every rank gets
+    the same one).
 
+    The cache records what it was trained on (``source.sha256``): a later run on other data
+    trains its own and replaces the cache, rather than reusing one that doesn't fit its data.
     The cache is written into a temporary folder and renamed into place: a run killed while
     writing it leaves no half tokenizer, and of two runs caching at once the first one wins
     (the other uses the winner's, as if it had been cached before)."""
@@ -97,30 +101,61 @@ def prepare_tokenizer(cfg: TrainConfig, records: Sequence[dict], *, start: Path 
         return Tok.load(start)
     if cfg.tokenizer_dir:
         return Tok.load(Path(cfg.tokenizer_dir))
+    vocab = model_dims(cfg)["vocab_size"]
+    texts = tokenizer_texts(cfg.task, records, render_chat)
+    key = _tokenizer_key(texts, vocab=vocab, max_length=cfg.seq_len)
     cached = Path(cfg.out_dir) / "tokenizer"
-    if (cached / "tokenizer.json").is_file():
+    if _cached_key(cached) == key:
         report(f"[{cfg.task}] tokenizer: reusing {cached}")
         return Tok.load(cached)
-    vocab = model_dims(cfg)["vocab_size"]
     if not cache:
         with tempfile.TemporaryDirectory() as scratch:
-            return train_tokenizer(tokenizer_texts(cfg.task, records, render_chat),
-                                   vocab_size=vocab, out_dir=Path(scratch), max_length=cfg.seq_len)
+            return train_tokenizer(texts, vocab_size=vocab, out_dir=Path(scratch), max_length=cfg.seq_len)
     cached.parent.mkdir(parents=True, exist_ok=True)
+    stale = (cached / "tokenizer.json").is_file()
     tmp = atomic.temp_path(cached)
+    old = atomic.temp_path(cached, kind="old")
     try:
-        tok = train_tokenizer(tokenizer_texts(cfg.task, records, render_chat),
-                              vocab_size=vocab, out_dir=tmp, max_length=cfg.seq_len)
-        tmp.rename(cached)
-    except OSError:
-        if not (cached / "tokenizer.json").is_file():
-            raise
-        report(f"[{cfg.task}] tokenizer: another run cached one first; reusing {cached}")
-        return Tok.load(cached)
+        tok = train_tokenizer(texts, vocab_size=vocab, out_dir=tmp, max_length=cfg.seq_len)
+        (tmp / TOKENIZER_KEY).write_text(key + "\n", encoding="utf-8")
+        try:
+            if stale:                             # trained on other data: set aside, then replaced
+                with contextlib.suppress(FileNotFoundError):
+                    cached.rename(old)
+            tmp.rename(cached)
+        except OSError:                           # another run cached one meanwhile
+            if _cached_key(cached) != key:
+                return tok                        # not for our data: ours stays ours, uncached
+            report(f"[{cfg.task}] tokenizer: another run cached one first; reusing {cached}")
+            return Tok.load(cached)
     finally:
         atomic.remove(tmp)
-    report(f"[{cfg.task}] tokenizer: trained {tok.vocab_size} tokens -> {cached}")
+        atomic.remove(old)
+    why = " (the cached one was trained on other data)" if stale else ""
+    report(f"[{cfg.task}] tokenizer: trained {tok.vocab_size} tokens -> {cached}{why}")
     return tok
+
+
+TOKENIZER_KEY = "source.sha256"   # in the cached tokenizer: what it was trained on
+
+
+def _tokenizer_key(texts: Sequence[str], *, vocab: int, max_length: int) -> str:
+    """A digest of what a new tokenizer would be trained on (texts and sizes)."""
+    digest = hashlib.sha256(f"{vocab} {max_length} {len(texts)}\n".encode())
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _cached_key(cached: Path) -> str | None:
+    """The digest a cached tokenizer was trained on (None: none cached, or from before digests)."""
+    try:
+        if not (cached / "tokenizer.json").is_file():
+            return None
+        return (cached / TOKENIZER_KEY).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
 
 
 def _rng_seed(seed: int, step: int) -> int:

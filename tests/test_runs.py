@@ -220,3 +220,20 @@ def test_a_bad_run_name_is_one_line_and_exit_2(tmp_path, capsys, name):
     assert rc == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: --run_name={name!r}: use up to 100 letters")
+
+
+def test_a_run_on_other_data_trains_its_own_tokenizer(tmp_path, data, capsys):
+    """The tokenizer cached in out_dir is reused only for the texts it was trained on."""
+    out = tmp_path / "out"
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(data["pretrain"].read_text(encoding="utf-8").splitlines(keepends=True)[::2]),
+                     encoding="utf-8")
+    assert train_run(data["pretrain"], out, "--max_steps", "1", "--run_name", "a") == 0
+    assert train_run(data["pretrain"], out, "--max_steps", "1", "--run_name", "b") == 0
+    assert f"tokenizer: reusing {out / 'tokenizer'}" in capsys.readouterr().err
+    assert train_run(other, out, "--max_steps", "1", "--run_name", "c") == 0
+    assert "(the cached one was trained on other data)" in capsys.readouterr().err
+    tokenizer = {name: (out / name / "step_0000001" / "tokenizer.json").read_bytes() for name in "abc"}
+    assert tokenizer["a"] == tokenizer["b"] != tokenizer["c"]
+    assert (out / "tokenizer" / "tokenizer.json").read_bytes() == tokenizer["c"]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
