@@ -115,6 +115,30 @@ def get_json(url: str, timeout: float = 5.0):
         return json.loads(response.read())
 
 
+def wait_in_thread(logdir: Path, *, since: float | None = None, **options) -> tuple[threading.Thread, list]:
+    """``wait_for_new_data`` with a real observer in a thread; returns once its watches are placed
+    (its ``on_ready``). The run began now unless ``since`` says otherwise."""
+    from tb_lazy.detect import wait_for_new_data
+
+    since = time.time() if since is None else since
+    result: list = []
+    ready = threading.Event()
+    thread = threading.Thread(
+        target=lambda: result.append(wait_for_new_data(logdir, since=since, on_ready=ready.set, **options)),
+        daemon=True,
+    )
+    thread.start()
+    assert wait_for(lambda: ready.is_set() or not thread.is_alive(), timeout=60), "the wait never got ready"
+    return thread, result
+
+
+def finish(thread: threading.Thread, result: list):
+    """The outcome of a `wait_in_thread` wait, which must end within a minute."""
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the wait did not end"
+    return result[0]
+
+
 def post_json(url: str, body: dict) -> dict:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})

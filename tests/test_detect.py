@@ -9,31 +9,10 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import append_record, flush_scalar, header_only, wait_for, write_scalar
+from conftest import append_record, finish, flush_scalar, header_only, wait_in_thread, write_scalar
 
 from tb_lazy.detect import is_event_file, wait_for_new_data
 from tb_lazy.observe import file_system_type, make_observer
-
-
-def wait_in_thread(logdir: Path, *, since: float | None = None, **options) -> tuple[threading.Thread, list]:
-    """Start waiting in a thread, and return once its watches are placed (``on_ready``); the
-    run began now unless ``since`` says otherwise."""
-    since = time.time() if since is None else since
-    result: list = []
-    ready = threading.Event()
-    thread = threading.Thread(
-        target=lambda: result.append(wait_for_new_data(logdir, since=since, on_ready=ready.set, **options)),
-        daemon=True,
-    )
-    thread.start()
-    assert wait_for(lambda: ready.is_set() or not thread.is_alive(), timeout=60), "the wait never got ready"
-    return thread, result
-
-
-def finish(thread: threading.Thread, result: list):
-    thread.join(timeout=30)
-    assert not thread.is_alive(), "the wait did not end"
-    return result[0]
 
 
 def test_event_file_names_follow_tensorboard():

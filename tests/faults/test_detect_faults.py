@@ -10,15 +10,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import append_record, get_json, header_only, tensorboard_pids, wait_for, write_scalar
+from conftest import (
+    append_record,
+    finish,
+    get_json,
+    header_only,
+    tensorboard_pids,
+    wait_in_thread,
+    write_scalar,
+)
 
 from tb_lazy.cli import main
-from tb_lazy.detect import wait_for_new_data
 from tb_lazy.rundata import RunData
 from tb_lazy.tfrecord import Progress
 
@@ -126,25 +132,6 @@ def test_a_dangling_event_file_link_starts_nothing(tb_env):
 
 
 # Issue 15, item 5. Detection edge cases, each with real files and a real watcher -------------
-
-
-def wait_in_thread(logdir, *, since: float | None = None, **options) -> tuple[threading.Thread, list]:
-    """A real observer waiting in a thread for data written since ``since`` (default: now)."""
-    since = time.time() if since is None else since
-    result: list = []
-    ready = threading.Event()
-    thread = threading.Thread(
-        target=lambda: result.append(wait_for_new_data(logdir, since=since, on_ready=ready.set, **options)),
-        daemon=True)
-    thread.start()
-    assert wait_for(lambda: ready.is_set() or not thread.is_alive(), timeout=60), "the wait never got ready"
-    return thread, result
-
-
-def finish(thread: threading.Thread, result: list):
-    thread.join(timeout=60)
-    assert not thread.is_alive(), "the wait did not end"
-    return result[0]
 
 
 def an_earlier_runs_file(folder) -> Path:
