@@ -97,6 +97,7 @@ def _live_watchers() -> list[dict]:
                     now = os.stat(path)
                     if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
                         path.unlink()
+                        path.with_suffix(".ready").unlink(missing_ok=True)  # its readiness mark too
         except (OSError, ValueError, RecursionError):
             continue
     return found
