@@ -14,14 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["PRESETS", "RUN_NAME_RE", "TASKS", "TrainConfig", "UsageError", "build_parser", "model_dims",
-           "resolve_config", "save_config"]
+__all__ = ["PRESETS", "RUN_NAME_RE", "TASKS", "TrainConfig", "UsageError", "build_parser", "is_run_name",
+           "model_dims", "resolve_config", "save_config"]
 
 TASKS = ("pretrain", "sft", "dpo", "r1")
 DTYPES = ("float32", "bfloat16", "float16")
 ENV_PREFIX = "MLX_TRAIN_"
 # a run's name is a folder name in out_dir and in the TensorBoard folder: letters, digits, . _ + -
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+NOT_RUN_NAMES = re.compile(r"step_\d{7}|tokenizer")   # what else lives in a stage folder
+
+
+def is_run_name(name: str) -> bool:
+    """Whether ``name`` can name a run (a folder in a stage folder beside its step_* and tokenizer)."""
+    return bool(RUN_NAME_RE.fullmatch(name)) and not NOT_RUN_NAMES.fullmatch(name)
+
 
 # Model sizes. vocab_size is the size of the BPE tokenizer trained for the run; the model
 # always takes the tokenizer's actual size.
@@ -227,8 +234,7 @@ def _check(cfg: TrainConfig) -> None:
             raise UsageError(f"--{name}={getattr(cfg, name)} must not be negative")
     if cfg.learning_rate is None or cfg.learning_rate <= 0:
         raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
-    if cfg.run_name is not None and (not RUN_NAME_RE.fullmatch(cfg.run_name)
-                                     or re.fullmatch(r"step_\d{7}|tokenizer", cfg.run_name)):
+    if cfg.run_name is not None and not is_run_name(cfg.run_name):
         raise UsageError(f"--run_name={cfg.run_name!r}: use up to 100 letters, digits and . _ + - "
                          "(not starting with one of . _ + -; not step_NNNNNNN or tokenizer)")
     dims = model_dims(cfg)

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlx_train.config import RUN_NAME_RE
+from mlx_train.config import is_run_name
 
 __all__ = ["CheckpointError", "Run", "claim_run", "default_run_name", "describe", "find_checkpoint",
            "find_run", "is_checkpoint", "last_saved", "list_checkpoints", "list_runs", "newest_run", "step_of"]
@@ -73,13 +73,9 @@ def list_runs(out_dir: Path) -> list[Run]:
         return []
     runs = [Run("", out_dir)] if list_checkpoints(out_dir) else []
     for path in sorted(out_dir.iterdir()):
-        if _is_run_name(path.name) and path.is_dir() and list_checkpoints(path):
+        if is_run_name(path.name) and path.is_dir() and list_checkpoints(path):
             runs.append(Run(path.name, path))
     return runs
-
-
-def _is_run_name(name: str) -> bool:
-    return bool(RUN_NAME_RE.fullmatch(name)) and not STEP_RE.fullmatch(name) and name != "tokenizer"
 
 
 def last_saved(run: Run) -> int:
