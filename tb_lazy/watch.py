@@ -95,9 +95,10 @@ def watch(
         except OSError as error:
             state = registry.state_dir()
             raise UsageError(f"tb_lazy's state folder {state} can't be used: {error.strerror or error}") from None
-        with while_waiting(settings.logdir, since=_run_start(settings, began)):  # the "writer buffers" hint
+        run_began = _run_start(settings, began)
+        with while_waiting(settings.logdir, since=run_began):  # the "writer buffers" hint
             found = wait_for_new_data(
-                settings.logdir, since=_run_start(settings, began), poll=settings.poll, timeout=settings.timeout,
+                settings.logdir, since=run_began, poll=settings.poll, timeout=settings.timeout,
                 should_stop=ended, on_ready=mark_ready,
             )
         if found is None:
