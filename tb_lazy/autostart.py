@@ -131,6 +131,22 @@ def autostart(
         quiet_reuse = _flag("TB_LAZY_QUIET_REUSE", False)
     if quiet_reuse and tensorboard_command() is None:
         return Board(logdir, None, announce_reuse=False)  # the pipeline's watcher already warned
+    command = watch_command(logdir, host=host, port=port, poll=poll, keep=keep, existing=existing)
+    return Board(logdir, command, announce_reuse=not quiet_reuse)
+
+
+def watch_command(
+    logdir: str | os.PathLike[str],
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    poll: float | None = None,
+    keep: bool | None = None,
+    existing: bool = False,
+) -> list[str]:
+    """The watcher process for this process's data under ``logdir``: ``tb_lazy watch`` with
+    ``--exit-with`` this process and ``--json`` (one JSON line once served); options left as
+    None are the watcher's to resolve from ``TB_*``."""
     command = [sys.executable, "-m", "tb_lazy", "watch", os.fspath(logdir), "--exit-with", str(os.getpid()), "--json"]
     for flag, value in (("--host", host), ("--port", port), ("--poll", poll)):
         if value is not None:
@@ -139,4 +155,4 @@ def autostart(
         command.append("--keep" if keep else "--no-keep")
     if existing:
         command.append("--existing")
-    return Board(logdir, command, announce_reuse=not quiet_reuse)
+    return command

@@ -30,6 +30,7 @@ import threading
 from typing import Any
 
 from tb_lazy import cli
+from tb_lazy.autostart import watch_command
 
 PROG = "%tb_lazy"
 HEIGHT = 800  # pixels, TensorBoard's own default for its notebook frame
@@ -141,11 +142,7 @@ def show(logdir: str, *, port: int | None = None, host: str | None = None, heigh
     with _waits_lock:
         wait = _waits.get(key)
         if wait is None or not wait.running():
-            command = [sys.executable, "-m", "tb_lazy", "watch", os.path.abspath(logdir),
-                       "--exit-with", str(os.getpid()), "--json"]
-            for flag, value in (("--port", port), ("--host", host)):
-                if value is not None:
-                    command += [flag, str(value)]
+            command = watch_command(os.path.abspath(logdir), host=host, port=port)
             wait = _waits[key] = _Wait(logdir, command)
     wait.attach(height)
 
