@@ -35,7 +35,7 @@ from mlx_train.tblog import TBLogger
 from mlx_train.tokenizer import Tok
 
 __all__ = ["Position", "epoch_plan", "evaluate", "fit", "generate_sample", "get_lr", "make_step",
-           "micro_batches", "steps_per_epoch"]
+           "micro_batches"]
 
 
 @dataclass
@@ -58,13 +58,6 @@ def get_lr(step: int, *, peak: float, warmup: int, total: int, min_ratio: float)
     progress = (step - warmup) / max(1, total - warmup)
     coeff = 0.5 * (1.0 + math.cos(math.pi * progress))            # 1 -> 0
     return peak * (min_ratio + coeff * (1.0 - min_ratio))
-
-
-def steps_per_epoch(data: Dataset, n_samples: int, *, batch_size: int, accum_steps: int,
-                    seed: int, epoch: int) -> int:
-    """Optimizer steps epoch ``epoch`` over the first ``n_samples`` gives (held-out samples
-    excluded; packed rows may differ in number from one epoch to the next)."""
-    return len(epoch_plan(data, n_samples, batch_size=batch_size, seed=seed, epoch=epoch)) // accum_steps
 
 
 def _order(n_samples: int, *, seed: int, epoch: int) -> list[int]:
