@@ -55,6 +55,7 @@ PREFIX = "mlx_train-launch."
 _PRIVATE = re.compile(re.escape(PREFIX) + r"(\d{1,10})\.\w+")
 _NODE = re.compile(r"Node with rank (\d+) (?:exited with code (-?\d+)|(was killed))")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_WARN = re.compile(r"(?:\x1b\[[0-9;]*m)?\[WARN\] Node with rank")
 
 
 @dataclass(frozen=True)
@@ -116,12 +117,23 @@ class _Relay:
         self.failed = threading.Event()
         self.held: list[str] = []
         self._in_traceback = self._after_traceback = False
+        self._cut = ""
+
+    def finish(self) -> None:
+        """The end of the stream: a rank's line cut by a warning and never ended is fed as it is."""
+        if self._cut:
+            self.feed("\n")
 
     def feed(self, line: str) -> None:
+        line, self._cut = self._cut + line, ""
         failure = parse_rank_exit(line)
         if failure is not None:
             self.failures.append(failure)
             self.failed.set()
+            # mlx.launch prints its warning between two writes of a rank (MLX's C++ writes a
+            # message and its newline apart): the rank's text before it is the start of a line
+            warning = _WARN.search(line)
+            self._cut = line[:warning.start()] if warning else ""
         elif self._holds(line):
             self.held.append(line)
         else:
@@ -284,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if proc.stdin is not None:
                 proc.stdin.close()
         reader.join(timeout=5)
+        relay.finish()
     finally:
         os.close(guard_write)
         shutil.rmtree(private, ignore_errors=True)
