@@ -1,8 +1,9 @@
-"""Benchmark: mlx_train's SFT against the real ``mlx_lm.lora --fine-tune-type full`` on the same
-model, data, batch, sequence length and optimizer; one process against two ranks under
-``mlx.launch`` (ring backend, loopback) on the same cores; and the wall time of a smoke run.
+"""Benchmark: one SFT epoch of mlx_train, packed and unpacked, against the real ``mlx_lm.lora
+--fine-tune-type full`` on the same model, data, batch, sequence length and optimizer; MFU of the
+pretrain stage against a NumPy sgemm measured in the same run; one process against two ranks
+under ``mlx.launch`` (ring backend, loopback) on the same cores; and the wall time of a smoke run.
 
-    python benchmarks/bench_mlx_train.py [--quick] [--reps 5] [--skip-smoke] [--skip-ranks]
+    python benchmarks/bench_mlx_train.py [--quick] [--reps 5] [--skip-smoke] [--skip-ranks] [--skip-mfu]
 
 Not a test: it prints numbers. Each comparison runs its two sides interleaved (A B, B A, A B, …)
 so the machine's noise hits both alike, at least 5 times, and prints min / median / max and the
@@ -56,22 +57,26 @@ def interleaved(reps: int, sides: dict[str, object]) -> dict[str, list]:
 # ---------------------------------------------------------------- SFT: ours vs mlx_lm.lora
 
 
-def prepare_sft(tmp: Path, *, preset: str, env: dict[str, str]) -> tuple[Path, Path, Path]:
-    """Bundled data, a base model (one pretrain step of ``preset``: an mlx-lm model folder) and
-    the SFT data exported for mlx-lm. Returns (base model, sft.jsonl, mlx-lm data folder)."""
+def prepare_sft(tmp: Path, *, preset: str, samples: int, env: dict[str, str]) -> tuple[Path, Path, Path]:
+    """Bundled data (its first ``samples`` SFT conversations), a base model (one pretrain step of
+    ``preset``: an mlx-lm model folder) and the SFT data exported for mlx-lm (the same training
+    split). Returns (base model, sft.jsonl, mlx-lm data folder)."""
     py = sys.executable
     run([py, "-m", "mlx_train.data", "--out_dir", str(tmp / "data")], env=env, what="data")
+    sft = tmp / "sft.jsonl"
+    lines = (tmp / "data" / "sft.jsonl").read_text(encoding="utf-8").splitlines()[:samples]
+    sft.write_text("\n".join(lines) + "\n", encoding="utf-8")
     run([py, "-m", "mlx_train.train", "--task", "pretrain", "--preset", preset, "--data_path",
          str(tmp / "data" / "pretrain.jsonl"), "--out_dir", str(tmp / "base"), "--max_steps", "1",
          "--eval_batches", "1", "--sample_tokens", "0", "--run_name", "base"], env=env, what="base model")
-    run([py, "-m", "mlx_train.data", "export", "--task", "sft", "--data_path", str(tmp / "data" / "sft.jsonl"),
+    run([py, "-m", "mlx_train.data", "export", "--task", "sft", "--data_path", str(sft),
          "--out_dir", str(tmp / "lora_data")], env=env, what="export")
-    return tmp / "base", tmp / "data" / "sft.jsonl", tmp / "lora_data"
+    return tmp / "base", sft, tmp / "lora_data"
 
 
-def real_tokens_per_row(model: Path, data: Path, seq_len: int) -> float:
-    """Mean tokens of a training conversation (chat template applied, cut at ``seq_len``): the real,
-    unpadded tokens each row brings, the same for both trainers."""
+def real_tokens(model: Path, data: Path, seq_len: int) -> list[int]:
+    """Tokens of each training conversation (chat template applied, cut at ``seq_len``): the
+    real, unpadded tokens each brings, the same for both trainers."""
     from mlx_lm.utils import load_tokenizer
 
     tokenizer = load_tokenizer(str(model))
@@ -80,45 +85,116 @@ def real_tokens_per_row(model: Path, data: Path, seq_len: int) -> float:
         for line in handle:
             ids = tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=True)
             counts.append(min(len(ids), seq_len))
-    return statistics.mean(counts)
+    return counts
 
 
-def bench_sft(tmp: Path, *, preset: str, steps: int, batch: int, seq_len: int, reps: int) -> None:
+def bench_sft(tmp: Path, *, preset: str, batch: int, seq_len: int, samples: int, reps: int) -> None:
+    """One epoch of SFT: mlx_train packed and unpacked against ``mlx_lm.lora --fine-tune-type
+    full`` (OpenBLAS preloaded for it too). An epoch's time is the wall time of a run of
+    ``WARM + epoch`` steps less that of a run of ``WARM`` steps: start-up, loading, the first
+    compilations and the final save cancel out."""
     env = dict(os.environ, TB_AUTO="0", HF_HUB_CACHE=str(tmp / "hub"))
     (tmp / "hub").mkdir(parents=True)
-    base, sft, lora_data = prepare_sft(tmp, preset=preset, env=env)
+    base, sft, lora_data = prepare_sft(tmp, preset=preset, samples=samples, env=env)
     lib = find_openblas()
     theirs_env = dict(env, LD_PRELOAD=" ".join(filter(None, [lib, env.get("LD_PRELOAD")]))) if lib else env
     lr, wd = "5e-4", "0.01"  # AdamW on both sides; no gradient clipping (mlx-lm's trainer has none)
+    counts = real_tokens(base, lora_data, seq_len)
+    epoch = len(counts) // batch
+    warm = 5
 
-    def ours(rep: int) -> float:
-        return run([sys.executable, "-m", "mlx_train.train", "--task", "sft", "--preset", preset,
-                    "--init_from", str(base), "--data_path", str(sft), "--out_dir", str(tmp / f"ours{rep}"),
-                    "--max_steps", str(steps), "--batch_size", str(batch), "--seq_len", str(seq_len),
-                    "--learning_rate", lr, "--weight_decay", wd, "--grad_clip", "0", "--warmup_steps", "0",
-                    "--log_interval", str(steps), "--eval_interval", str(10 * steps), "--eval_batches", "1",
-                    "--sample_tokens", "0"], env=env, what="mlx_train SFT")[0]
+    def ours(packing: bool):
+        def one(steps: int, out: Path) -> float:
+            return run([sys.executable, "-m", "mlx_train.train", "--task", "sft", "--preset", preset,
+                        "--init_from", str(base), "--data_path", str(sft), "--out_dir", str(out),
+                        "--max_steps", str(steps), "--batch_size", str(batch), "--seq_len", str(seq_len),
+                        "--learning_rate", lr, "--weight_decay", wd, "--grad_clip", "0", "--warmup_steps", "0",
+                        "--log_interval", str(steps), "--eval_interval", str(10 * steps), "--eval_batches", "1",
+                        "--sample_tokens", "0", "--packing" if packing else "--no_packing"],
+                       env=env, what="mlx_train SFT")[0]
+        return lambda rep: one(warm + epoch, tmp / f"ours{packing}{rep}") - one(warm, tmp / f"ours{packing}{rep}w")
 
     def theirs(rep: int) -> float:
-        return run([sys.executable, "-m", "mlx_lm", "lora", "--model", str(base), "--train", "--data", str(lora_data),
-                    "--fine-tune-type", "full", "--num-layers", "-1", "--mask-prompt", "--optimizer", "adamw",
-                    "--iters", str(steps), "--batch-size", str(batch), "--max-seq-length", str(seq_len),
-                    "--learning-rate", lr, "--steps-per-report", str(steps), "--steps-per-eval", str(10 * steps),
-                    "--val-batches", "1", "--save-every", str(10 * steps),
-                    "--adapter-path", str(tmp / f"theirs{rep}")], env=theirs_env, what="mlx_lm.lora")[0]
+        def one(steps: int, out: Path) -> float:
+            return run([sys.executable, "-m", "mlx_lm", "lora", "--model", str(base), "--train", "--data",
+                        str(lora_data), "--fine-tune-type", "full", "--num-layers", "-1", "--mask-prompt",
+                        "--optimizer", "adamw", "--iters", str(steps), "--batch-size", str(batch),
+                        "--max-seq-length", str(seq_len), "--learning-rate", lr, "--steps-per-report", str(steps),
+                        "--steps-per-eval", str(10 * steps), "--val-batches", "1", "--save-every", str(10 * steps),
+                        "--adapter-path", str(out)], env=theirs_env, what="mlx_lm.lora")[0]
+        return one(warm + epoch, tmp / f"theirs{rep}") - one(warm, tmp / f"theirs{rep}w")
 
-    per_row = real_tokens_per_row(base, lora_data, seq_len)
-    tokens = steps * batch * per_row
-    print(f"SFT, {preset} preset, {steps} steps of batch {batch}, seq_len {seq_len}, AdamW lr {lr}; "
-          f"{per_row:.1f} real tokens per row -> {tokens:,.0f} real tokens per run; OpenBLAS: {lib or 'none'}")
-    walls = interleaved(reps, {"mlx_train": ours, "mlx_lm.lora": theirs})
+    tokens = sum(counts[:epoch * batch])
+    print(f"SFT, {preset} preset, one epoch = {epoch} steps of {batch} conversations (the first {samples} "
+          f"bundled, {len(counts)} for training), seq_len {seq_len}, AdamW lr {lr}; {tokens:,} real tokens "
+          f"in an epoch; OpenBLAS: {lib or 'none'}; epoch time = run of {warm}+{epoch} steps - run of {warm}")
+    walls = interleaved(reps, {"mlx_train packed": ours(True), "mlx_train unpacked": ours(False),
+                               "mlx_lm.lora": theirs})
     for name, xs in walls.items():
         rates = [tokens / x for x in xs]
-        print(f"  {name:<12} wall s (min / median / max): {spread(xs)}   real tokens/s: {spread(rates, '{:,.0f}')}")
-    ratio = statistics.median(walls["mlx_train"]) / statistics.median(walls["mlx_lm.lora"])
-    print(f"  wall time ratio mlx_train / mlx_lm.lora (medians of {reps}; < 1: ours is faster): {ratio:.2f}")
-    print("  (wall = the whole process: start-up, loading, compiling, the steps, a final 1-batch eval and save;"
-          " mlx-lm's full fine-tune trains the transformer layers, not the tied embedding)")
+        print(f"  {name:<18} epoch s (min / median / max): {spread(xs)}   real tokens/s: {spread(rates, '{:,.0f}')}")
+    for name in ("mlx_train packed", "mlx_train unpacked"):
+        ratio = statistics.median(walls["mlx_lm.lora"]) / statistics.median(walls[name])
+        print(f"  speed-up of {name} over mlx_lm.lora (epoch time, medians of {reps}; > 1: ours is faster): "
+              f"x{ratio:.2f}")
+    print("  (mlx-lm's full fine-tune trains the transformer layers, not the tied embedding)")
+
+
+# ---------------------------------------------------------------- MFU
+
+
+def sgemm_gflops(n: int = 2048, reps: int = 5) -> float:
+    """Best GFLOP/s of a float32 n x n matrix product in NumPy (its own BLAS), ``reps`` tries."""
+    import numpy as np
+
+    a, b = (np.random.default_rng(k).standard_normal((n, n), dtype=np.float32) for k in (0, 1))
+    a @ b                                                               # warm the BLAS threads
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    tic = time.perf_counter()
+    fn()
+    return time.perf_counter() - tic
+
+
+def model_flops_per_token(config: dict, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x the matmul parameters (embedding lookup excluded, the tied
+    output head included) plus attention's scores and mixing (6 x 2 x layers x seq_len x hidden
+    for causal attention: half of the full 12 x ...)."""
+    d, layers, inter = config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]
+    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim = d // heads
+    per_layer = d * d * 2 + d * kv * head_dim * 2 + 3 * d * inter        # q, o; k, v; gate, up, down
+    matmul = layers * per_layer + d * config["vocab_size"]               # + the output head
+    return 6 * matmul + 6 * layers * seq_len * d
+
+
+def bench_mfu(tmp: Path, *, preset: str, steps: int, reps: int) -> None:
+    """Model FLOP/s of the pretrain stage (rows of seq_len tokens, no padding) over NumPy's sgemm
+    GFLOP/s measured right before each run: a peak this machine reaches now."""
+    env = dict(os.environ, TB_AUTO="0")
+    run([sys.executable, "-m", "mlx_train.data", "--out_dir", str(tmp / "data")], env=env, what="data")
+    seq_len = 256
+    ratios, peaks, achieved = [], [], []
+    for rep in range(reps):
+        peak = sgemm_gflops()
+        _, err = run([sys.executable, "-m", "mlx_train.train", "--task", "pretrain", "--preset", preset,
+                      "--data_path", str(tmp / "data/pretrain.jsonl"), "--out_dir", str(tmp / f"mfu{rep}"),
+                      "--seq_len", str(seq_len), "--batch_size", "8", "--max_steps", str(steps),
+                      "--log_interval", "5", "--eval_interval", str(10 * steps), "--eval_batches", "1",
+                      "--sample_tokens", "0"], env=env, what="pretrain")
+        config = json.loads(next((tmp / f"mfu{rep}").glob("*/step_*/config.json")).read_text())
+        gflops = tokens_per_sec(err) * model_flops_per_token(config, seq_len) / 1e9
+        peaks.append(peak)
+        achieved.append(gflops)
+        ratios.append(gflops / peak)
+        print(f"  .. rep {rep + 1}: sgemm {peak:.0f} GFLOP/s, model {gflops:.0f} GFLOP/s", file=sys.stderr)
+    print(f"MFU, pretrain, {preset} preset, batch 8 x {seq_len} tokens, {steps} steps, {reps} runs")
+    print(f"  NumPy sgemm 2048^3 GFLOP/s (min / median / max): {spread(peaks, '{:.0f}')}")
+    print(f"  model GFLOP/s (min / median / max):               {spread(achieved, '{:.0f}')}")
+    print(f"  MFU = model / sgemm of the same rep (min / median / max): {spread(ratios)}")
 
 
 # ---------------------------------------------------------------- 1 process vs 2 ranks
@@ -149,8 +225,8 @@ def ring_port() -> int:
 
 
 def tokens_per_sec(stderr: str) -> float:
-    """Median global tokens/s over the progress windows after the first (compile, warm-up)."""
-    rates = [float(line.split(" tok/s")[0].rsplit("| ", 1)[1].replace(",", ""))
+    """Median global real tokens/s over the progress windows after the first (compile, warm-up)."""
+    rates = [float(line.split(" tok/s (real)")[0].rsplit("| ", 1)[1].replace(",", ""))
              for line in stderr.splitlines() if " tok/s" in line]
     return statistics.median(rates[1:] or rates)
 
@@ -208,15 +284,20 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5, help="repetitions of each side (at least 5)")
     parser.add_argument("--skip-smoke", action="store_true", help="no smoke run")
     parser.add_argument("--skip-ranks", action="store_true", help="no 1-process vs 2-rank run")
+    parser.add_argument("--skip-mfu", action="store_true", help="no MFU measurement")
     args = parser.parse_args()
     if args.reps < 5:
         parser.error("--reps must be at least 5")
     print(f"cpu cores: {os.cpu_count()}; {'quick' if args.quick else 'full'} run")
     with tempfile.TemporaryDirectory() as tmp:
         if args.quick:
-            bench_sft(Path(tmp) / "sft", preset="tiny", steps=20, batch=8, seq_len=128, reps=args.reps)
+            bench_sft(Path(tmp) / "sft", preset="tiny", batch=8, seq_len=128, samples=120, reps=args.reps)
         else:
-            bench_sft(Path(tmp) / "sft", preset="small", steps=30, batch=8, seq_len=256, reps=args.reps)
+            bench_sft(Path(tmp) / "sft", preset="small", batch=8, seq_len=256, samples=400, reps=args.reps)
+    if not args.skip_mfu:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_mfu(Path(tmp), preset="tiny" if args.quick else "small", steps=10 if args.quick else 25,
+                      reps=args.reps)
     if not args.skip_ranks:
         with tempfile.TemporaryDirectory() as tmp:
             bench_ranks(Path(tmp), steps=10 if args.quick else 25, reps=args.reps)

@@ -3,7 +3,7 @@ on the bundled SFT data (same model, conversations, batch size and row length), 
 interleaved, each mode repeated. (``--task dpo``: length-grouped batches against shuffled ones.)
 
     python benchmarks/bench_packing.py [--task sft] [--preset tiny|small] [--reps 3] [--samples 400]
-                                       [--batch_size 8] [--seq_len 256] [--packed_batch_sizes 8,1]
+                                       [--batch_size 8] [--seq_len 256] [--epochs 1]
 
 Each run is a real ``python -m mlx_train.train --task sft --epochs 1`` logging every step; its
 own TensorBoard scalars give the training time (the sum of the logged step times: start-up,
@@ -12,9 +12,8 @@ evaluation and checkpoints excluded, compilation of new batch shapes included), 
 epoch. Rep k of every mode uses seed k (initial weights and data order), so the spread of the
 held-out loss shows its noise. Printed per mode: min / median / max of real tokens/s, trained tokens/s, wall time to N
 real tokens (N: what the shortest epoch reached), epoch time and held-out loss, and each packed
-mode's ratio of medians to unpacked. A packed row holds several conversations, so at the same
-batch size a packed epoch has fewer, larger optimizer steps; --packed_batch_sizes 8,1 adds a
-packed mode with about as many conversations per step as unpacked batches of 8 hold.
+mode's ratio of medians to unpacked. ``--batch_size`` counts conversations in both modes: the
+same batches and optimizer steps, so the held-out losses should agree within float rounding.
 
 Not a test: it prints numbers. The tokenizer is trained once (the first run) and reused."""
 
@@ -40,7 +39,7 @@ def epoch_run(*, task: str, data: Path, out_dir: Path, name: str, preset: str, b
             "--epochs", str(epochs), "--seed", str(seed), "--log_interval", "1",
             "--eval_interval", "1000000", "--eval_batches", "100",
             "--save_interval", "1000000", "--keep_last", "1", "--sample_tokens", "0",
-            *(["--packing"] if packing else [])]
+            "--packing" if packing else "--no_packing"]
     tic = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "TB_AUTO": "0"})
@@ -85,10 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="runs of each mode, interleaved (default 3)")
     parser.add_argument("--samples", type=int, default=400,
                         help="the first N lines of the task's bundled data (default 400)")
-    parser.add_argument("--batch_size", type=int, default=8, help="rows per batch (default 8)")
+    parser.add_argument("--batch_size", type=int, default=8, help="conversations (DPO: pairs) per batch (default 8)")
     parser.add_argument("--seq_len", type=int, default=256, help="tokens per row (default 256)")
-    parser.add_argument("--packed_batch_sizes", default=None,
-                        help="comma-separated rows per batch of the packed modes (default: --batch_size)")
     parser.add_argument("--epochs", type=int, default=1,
                         help="epochs per run (default 1; 2 also times the second epoch alone, "
                              "every batch shape already compiled)")
@@ -97,25 +94,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlx_train.datagen import write_all
 
-    packed = [int(b) for b in (args.packed_batch_sizes or str(args.batch_size)).split(",")]
-    modes = {"unpacked": (False, args.batch_size), **{f"packed b{b}": (True, b) for b in packed}}
+    modes = {"unpacked": False, "packed": True}
     if args.task == "dpo":
-        modes = {"ungrouped": (False, args.batch_size), **{f"grouped b{b}": (True, b) for b in packed}}
+        modes = {"ungrouped": False, "grouped": True}
     with tempfile.TemporaryDirectory(prefix="bench_packing_") as tmp:
         root = Path(tmp)
         lines = write_all(root / "data", seed=0)[args.task].read_text(encoding="utf-8").splitlines()
         data = root / f"{args.task}.jsonl"
         data.write_text("\n".join(lines[:args.samples]) + "\n", encoding="utf-8")
         print(f"{args.task}, preset {args.preset}, {min(args.samples, len(lines))} samples, seq_len "
-              f"{args.seq_len}, batch " + ", ".join(f"{m} {b}" for m, (_, b) in modes.items())
-              + f", {args.reps} reps interleaved, {os.cpu_count()} CPUs", flush=True)
+              f"{args.seq_len}, batch {args.batch_size}, {args.reps} reps interleaved, {os.cpu_count()} CPUs",
+              flush=True)
         results: dict[str, list[dict]] = {m: [] for m in modes}
         for rep in range(args.reps):
-            for mode, (packing, batch) in modes.items():
-                r = epoch_run(task=args.task, data=data, out_dir=root / "out", name=f"{mode.replace(' ', '-')}-{rep}",
-                              preset=args.preset,
-                              batch_size=batch, seq_len=args.seq_len, packing=packing, epochs=args.epochs,
-                              seed=rep, timeout=args.timeout)
+            for mode, packing in (modes.items() if rep % 2 == 0 else reversed(modes.items())):
+                r = epoch_run(task=args.task, data=data, out_dir=root / "out", name=f"{mode}-{rep}",
+                              preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len,
+                              packing=packing, epochs=args.epochs, seed=rep, timeout=args.timeout)
                 results[mode].append(r)
                 print(f"  rep {rep + 1} {mode:10s}: {r['steps']} steps, {r['time']:.1f} s training "
                       f"({r['process']:.1f} s process), {r['real']:.0f} real / {r['trained']:.0f} trained "

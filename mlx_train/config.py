@@ -102,9 +102,9 @@ class TrainConfig:
     keep_runs: int = _f(0, "keep the checkpoints of only the newest N runs in --out_dir, this one "
                         "included, removing older runs' folders (0: keep every run)")
     beta: float = _f(0.1, "DPO temperature beta")
-    packing: bool = _f(False, "SFT/R1: pack several conversations into each row of seq_len+1 tokens, "
-                              "attention kept within each (--batch_size still counts rows: lower it to keep "
-                              "the conversations per step); DPO: batch pairs of similar length")
+    packing: bool = _f(True, "SFT/R1: pack each batch's conversations into as few rows of seq_len+1 "
+                              "tokens as hold them, attention kept within each (--batch_size still counts "
+                              "conversations: same steps, less padding); DPO: batch pairs of similar length")
     reload_data: bool = _f(False, "re-read --data_path at each epoch boundary (growing files)")
     tokenizer_dir: str | None = _f(None, "use this tokenizer folder instead of the cached one")
     sample_tokens: int = _f(48, "tokens generated for the text sample at each evaluation")

@@ -1,16 +1,19 @@
-"""Sequence packing for SFT and R1: several conversations share one row of seq_len+1 tokens, and
-attention stays within each (a block-diagonal causal mask). DPO, whose loss needs each answer
-on a row of its own, gets length-grouped batches instead (less padding).
+"""Sequence packing for SFT and R1: the conversations of a batch share rows of up to seq_len+1
+tokens, and attention stays within each (a block-diagonal causal mask). DPO, whose loss needs each
+answer on a row of its own, gets length-grouped batches instead (less padding).
+
+Packing changes how a batch is laid out, never what it holds: ``--batch_size`` counts
+conversations, packed or not, so an epoch has the same batches and optimizer steps either way, and
+each step the same loss and gradients (up to float rounding) on fewer padded positions.
 
 Positions run on through a row: conversation 2 of a row sits at positions 40..75 rather than
 0..35. With rotary embeddings that changes nothing — a query-key score depends only on the two
 positions' difference — so under the block-diagonal mask each conversation's logits are those it
 gets alone in a row (tests/test_mlx_train_packing.py checks this numerically).
 
-An epoch's rows are packed from that epoch's shuffled order (first fit among the most recent
-rows still open), so which conversations share a row, and hence the data position a checkpoint
-records (micro-batches consumed), follows from seed and epoch alone: --resume is exact. A data
-parallel run packs the global batch first, then each rank takes its rows.
+A data parallel run shards a batch's conversations over the ranks, and each rank packs its own.
+The data position a checkpoint records (batches consumed) means the same packed or not, so a run
+may be resumed with or without --packing.
 
 Batches (see mlx_train.data): tokens (R, L+1), weights (R, L), real_tokens (R,) as unpacked, plus
     segments (R, L) int32  which conversation (1, 2, ...) each input position belongs to; 0: padding
@@ -27,41 +30,39 @@ import numpy as np
 
 from mlx_train.data import PAD_MULTIPLE, ChatData, Dataset, PairData
 
-__all__ = ["GROUP_BATCHES", "OPEN_ROWS", "GroupedPairs", "PackedChat", "epoch_batches",
+__all__ = ["GROUP_BATCHES", "GroupedPairs", "PackedChat", "epoch_batches",
            "group_by_length", "pack", "packed_forward", "segment_mask"]
 
-OPEN_ROWS = 64       # rows a conversation may still join (first fit); older rows are closed
 GROUP_BATCHES = 16   # length grouping sorts windows of this many batches of the shuffled order
 
 
-def pack(order: Sequence[int], lengths: Sequence[int], *, capacity: int,
-         open_rows: int = OPEN_ROWS) -> list[tuple[int, ...]]:
-    """Rows of sample indices taken in ``order``: each sample goes into the first of the last
-    ``open_rows`` rows it fits (``lengths[i]`` tokens, at most ``capacity`` a row), else a new row.
-    Rows are returned in the order they were opened."""
-    rows: list[list[int]] = []
-    free: list[int] = []             # room left in each row
-    first_open = 0
-    for i in order:
-        n = lengths[i]
-        if n > capacity:
-            raise ValueError(f"sample {i} has {n} tokens, more than a row's {capacity}")
-        for r in range(first_open, len(rows)):
-            if free[r] >= n:
-                rows[r].append(i)
-                free[r] -= n
-                break
-        else:
-            rows.append([i])
-            free.append(capacity - n)
-            first_open = max(0, len(rows) - open_rows)
-    return [tuple(r) for r in rows]
+def pack(lengths: Sequence[int], *, capacity: int) -> list[list[int]]:
+    """The fewest rows (lists of positions in ``lengths``) that hold samples of these lengths,
+    at most ``capacity`` tokens a row, as even as it goes: longest first into the row with most
+    room, one row more whenever one overflows. Within a row the samples keep their order."""
+    too_long = [n for n in lengths if n > capacity]
+    if too_long:
+        raise ValueError(f"a sample has {too_long[0]} tokens, more than a row's {capacity}")
+    if not lengths:
+        return []
+    n_rows = -(-sum(lengths) // capacity)
+    while True:
+        rows: list[list[int]] = [[] for _ in range(n_rows)]
+        free = [capacity] * n_rows
+        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            r = max(range(n_rows), key=lambda r: free[r])       # the first with the most room
+            rows[r].append(i)
+            free[r] -= lengths[i]
+        if min(free) >= 0:
+            return [sorted(row) for row in rows]
+        n_rows += 1
 
 
 def epoch_batches(data: Dataset, order: Sequence[int], *, batch_size: int) -> list[list[Any]]:
     """An epoch's micro-batches (global, before sharding) from its shuffled sample ``order``:
     what ``data.collate`` takes. Consecutive samples (a remainder short of a batch left out),
-    unless the dataset plans its own: `PackedChat` packed rows, `GroupedPairs` length groups."""
+    unless the dataset plans its own: `PackedChat` conversations to pack, `GroupedPairs` length
+    groups."""
     plan = getattr(data, "plan", None)
     if plan is not None:
         return plan(order, batch_size=batch_size)
@@ -94,22 +95,26 @@ class GroupedPairs(PairData):
 
 
 class PackedChat(ChatData):
-    """SFT/R1 conversations packed into rows of ``seq_len + 1`` tokens for training.
+    """SFT/R1 conversations whose batches are packed into rows of up to ``seq_len + 1`` tokens
+    for training.
 
-    ``collate`` takes packed rows (tuples of sample indices, from ``plan``) or plain sample
-    indices (one conversation per row, as `ChatData`: what evaluation uses)."""
+    ``plan`` gives the batches of unpacked training (``batch_size`` conversations each), every
+    conversation as a 1-tuple: ``collate`` packs a list of such tuples (a rank's share of a
+    batch) into rows, and takes plain sample indices one conversation per row, as `ChatData`
+    (what evaluation uses)."""
 
-    def plan(self, order: Sequence[int], *, batch_size: int) -> list[list[tuple[int, ...]]]:
-        """The epoch's micro-batches of ``batch_size`` packed rows: every conversation of
-        ``order`` once (the last batch is filled up with empty rows, weight 0)."""
-        rows = pack(order, [len(ids) for ids, _ in self.rows], capacity=self.seq_len + 1)
-        rows += [()] * (-len(rows) % batch_size)
-        return [rows[b * batch_size:(b + 1) * batch_size] for b in range(len(rows) // batch_size)]
+    def plan(self, order: Sequence[int], *, batch_size: int) -> list[list[tuple[int]]]:
+        """The epoch's batches of ``batch_size`` conversations, as unpacked (a remainder short
+        of a batch left out)."""
+        return [[(i,) for i in order[b * batch_size:(b + 1) * batch_size]]
+                for b in range(len(order) // batch_size)]
 
     def collate(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
         if not items or not isinstance(items[0], tuple):
             return super().collate(items)
-        return _collate_packed([[self.rows[i] for i in row] for row in items],
+        samples = [self.rows[i] for item in items for i in item]
+        rows = pack([len(ids) for ids, _ in samples], capacity=self.seq_len + 1)
+        return _collate_packed([[samples[k] for k in row] for row in rows],
                                pad_id=self.tok.pad_id, seq_len=self.seq_len)
 
 

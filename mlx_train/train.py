@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import sys
 import tempfile
 import time
@@ -210,8 +209,6 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
         report(note)
     tok = prepare_tokenizer(cfg, records, start=resume_from or init_from, report=report,
                             cache=world.is_main)
-    if resume_from is not None:
-        cfg = _packing_of(resume_from, cfg, report=report)
     data = make_dataset(cfg.task, tok, cfg.seq_len, packing=cfg.packing)
     data.extend(records)
     n_train = len(split_indices(len(data))[0])
@@ -284,7 +281,7 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
            f"heads={mcfg['num_attention_heads']} vocab={mcfg['vocab_size']}"
     origin = f"resuming {describe(resume_from)}" if resume_from else \
         f"from {describe(init_from)}" if init_from else f"from scratch (preset {cfg.preset})"
-    ranks = f", {world.size} ranks x {cfg.batch_size // world.size} rows" if world.size > 1 else ""
+    ranks = f", {world.size} ranks x {cfg.batch_size // world.size} samples" if world.size > 1 else ""
     report(f"[{cfg.task}] model {count_params(model) / 1e6:.2f}M params ({dims}), "
            f"{len(data)} samples, {origin}{ranks}")
 
@@ -316,20 +313,6 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
             tok=tok, cfg=cfg, pos=pos, log=log, save=save, frozen=frozen, report=report,
             world=world)
     return last[-1] if last else None
-
-
-def _packing_of(ckpt: Path, cfg: TrainConfig, *, report) -> TrainConfig:
-    """A resumed run batches as it started: its data position counts those batches (a
-    checkpoint from before --packing existed was unpacked)."""
-    try:
-        saved = bool(json.loads((ckpt / "train_config.json").read_text(encoding="utf-8")).get("packing", False))
-    except (OSError, ValueError, AttributeError):
-        return cfg
-    if saved != cfg.packing:
-        report(f"[{cfg.task}] --resume: packing stays {'on' if saved else 'off'} as the run started "
-               "(its data position counts those batches)")
-        cfg = dataclasses.replace(cfg, packing=saved)
-    return cfg
 
 
 def _run_logdir(cfg: TrainConfig, run_: Run) -> Path | None:

@@ -143,7 +143,7 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(pretrain):
     assert_close(two["train/loss"], ref["train/loss"], range(1, 7))
     assert_close(two["train/grad_norm"], ref["train/grad_norm"], range(1, 7))
     assert_close(two["eval/loss"], ref["eval/loss"], range(3, 7, 3))
-    assert "2 ranks x 4 rows" in pretrain["two"].stderr
+    assert "2 ranks x 4 samples" in pretrain["two"].stderr
 
 
 def test_rank_0_alone_writes_logs_checkpoints_and_progress(pretrain):
@@ -461,9 +461,9 @@ def test_pipeline_runs_every_stage_under_mlx_launch_and_starts_tensorboard_once(
     assert len(tensorboard_pids(tmp_path)) == 1
 
 
-def test_packed_sft_under_two_ranks_splits_the_packed_rows_and_counts_every_real_token(tmp_path, data):
-    """Packing (--packing) packs the global batch, then each rank takes its rows:
-    the two ranks train on exactly the rows, data position and real tokens of one process."""
+def test_packed_sft_under_two_ranks_packs_each_share_and_counts_every_real_token(tmp_path, data):
+    """Packing (--packing): each rank packs its share of the batch's conversations; the two
+    ranks train on exactly the conversations, data position and real tokens of one process."""
     args = ("--batch_size", "4", "--max_steps", "3", "--eval_interval", "3", "--seq_len", "256", "--packing")
     ref = run(trainer("sft", data["sft"], tmp_path / "single", *args), tmp_path / "single")
     two = run(launcher() + trainer("sft", data["sft"], tmp_path / "dp", *args), tmp_path / "dp")
@@ -475,4 +475,4 @@ def test_packed_sft_under_two_ranks_splits_the_packed_rows_and_counts_every_real
                         for root in (tmp_path / "dp", tmp_path / "single"))
     assert {k: state[k] for k in ("step", "epoch", "batch", "tokens_seen")} == \
         {k: ref_state[k] for k in ("step", "epoch", "batch", "tokens_seen")}
-    assert "2 ranks x 2 rows" in two.stderr
+    assert "2 ranks x 2 samples" in two.stderr
