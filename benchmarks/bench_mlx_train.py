@@ -291,7 +291,7 @@ def main() -> int:
     print(f"cpu cores: {os.cpu_count()}; {'quick' if args.quick else 'full'} run")
     with tempfile.TemporaryDirectory() as tmp:
         if args.quick:
-            bench_sft(Path(tmp) / "sft", preset="tiny", batch=8, seq_len=128, samples=120, reps=args.reps)
+            bench_sft(Path(tmp) / "sft", preset="tiny", batch=8, seq_len=128, samples=200, reps=args.reps)
         else:
             bench_sft(Path(tmp) / "sft", preset="small", batch=8, seq_len=256, samples=400, reps=args.reps)
     if not args.skip_mfu:
