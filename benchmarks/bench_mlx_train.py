@@ -4,6 +4,7 @@ pretrain stage against a NumPy sgemm measured in the same run; one process again
 under ``mlx.launch`` (ring backend, loopback) on the same cores; and the wall time of a smoke run.
 
     python benchmarks/bench_mlx_train.py [--quick] [--reps 5] [--skip-smoke] [--skip-ranks] [--skip-mfu]
+                                         [--skip-unpreloaded]
 
 Not a test: it prints numbers. Each comparison runs its two sides interleaved (A B, B A, A B, …)
 so the machine's noise hits both alike, at least 5 times, and prints min / median / max and the
@@ -74,32 +75,42 @@ def prepare_sft(tmp: Path, *, preset: str, samples: int, env: dict[str, str]) ->
     return tmp / "base", sft, tmp / "lora_data"
 
 
-def real_tokens(model: Path, data: Path, seq_len: int) -> list[int]:
-    """Tokens of each training conversation (chat template applied, cut at ``seq_len``): the
-    real, unpadded tokens each brings, the same for both trainers."""
+def token_counts(model: Path, data: Path, seq_len: int) -> list[tuple[int, int, int]]:
+    """Per training conversation (chat template applied, cut at ``seq_len``): its real tokens
+    (the same for both trainers), the tokens mlx_train trains on (every assistant reply) and
+    those ``mlx_lm.lora --mask-prompt`` trains on (the last reply)."""
     from mlx_lm.utils import load_tokenizer
 
     tokenizer = load_tokenizer(str(model))
+
+    def length(messages: list, prompt: bool = False) -> int:
+        return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=prompt))
+
     counts = []
     with open(data / "train.jsonl", encoding="utf-8") as handle:
         for line in handle:
-            ids = tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=True)
-            counts.append(min(len(ids), seq_len))
+            messages = json.loads(line)["messages"]
+            n = length(messages)
+            replies = [min(length(messages[:i + 1]), seq_len) - min(length(messages[:i], True), seq_len)
+                       for i, m in enumerate(messages) if m["role"] == "assistant"]
+            counts.append((min(n, seq_len), sum(replies), replies[-1] if replies else 0))
     return counts
 
 
-def bench_sft(tmp: Path, *, preset: str, batch: int, seq_len: int, samples: int, reps: int) -> None:
+def bench_sft(tmp: Path, *, preset: str, batch: int, seq_len: int, samples: int, reps: int,
+              unpreloaded: bool = True) -> None:
     """One epoch of SFT: mlx_train packed and unpacked against ``mlx_lm.lora --fine-tune-type
     full`` (OpenBLAS preloaded for it too). An epoch's time is the wall time of a run of
     ``WARM + epoch`` steps less that of a run of ``WARM`` steps: start-up, loading, the first
-    compilations and the final save cancel out."""
+    compilations and the final save cancel out. With ``unpreloaded``, also a step of mlx_lm.lora
+    as users run it, without OpenBLAS."""
     env = dict(os.environ, TB_AUTO="0", HF_HUB_CACHE=str(tmp / "hub"))
     (tmp / "hub").mkdir(parents=True)
     base, sft, lora_data = prepare_sft(tmp, preset=preset, samples=samples, env=env)
     lib = find_openblas()
     theirs_env = dict(env, LD_PRELOAD=" ".join(filter(None, [lib, env.get("LD_PRELOAD")]))) if lib else env
     lr, wd = "5e-4", "0.01"  # AdamW on both sides; no gradient clipping (mlx-lm's trainer has none)
-    counts = real_tokens(base, lora_data, seq_len)
+    counts = token_counts(base, lora_data, seq_len)
     epoch = len(counts) // batch
     warm = 5
 
@@ -114,30 +125,42 @@ def bench_sft(tmp: Path, *, preset: str, batch: int, seq_len: int, samples: int,
                        env=env, what="mlx_train SFT")[0]
         return lambda rep: one(warm + epoch, tmp / f"ours{packing}{rep}") - one(warm, tmp / f"ours{packing}{rep}w")
 
-    def theirs(rep: int) -> float:
-        def one(steps: int, out: Path) -> float:
-            return run([sys.executable, "-m", "mlx_lm", "lora", "--model", str(base), "--train", "--data",
-                        str(lora_data), "--fine-tune-type", "full", "--num-layers", "-1", "--mask-prompt",
-                        "--optimizer", "adamw", "--iters", str(steps), "--batch-size", str(batch),
-                        "--max-seq-length", str(seq_len), "--learning-rate", lr, "--steps-per-report", str(steps),
-                        "--steps-per-eval", str(10 * steps), "--val-batches", "1", "--save-every", str(10 * steps),
-                        "--adapter-path", str(out)], env=theirs_env, what="mlx_lm.lora")[0]
-        return one(warm + epoch, tmp / f"theirs{rep}") - one(warm, tmp / f"theirs{rep}w")
+    def lora(steps: int, out: Path, lora_env: dict[str, str]) -> float:
+        return run([sys.executable, "-m", "mlx_lm", "lora", "--model", str(base), "--train", "--data",
+                    str(lora_data), "--fine-tune-type", "full", "--num-layers", "-1", "--mask-prompt",
+                    "--optimizer", "adamw", "--iters", str(steps), "--batch-size", str(batch),
+                    "--max-seq-length", str(seq_len), "--learning-rate", lr, "--steps-per-report", str(steps),
+                    "--steps-per-eval", str(10 * steps), "--val-batches", "1", "--save-every", str(10 * steps),
+                    "--adapter-path", str(out)], env=lora_env, what="mlx_lm.lora")[0]
 
-    tokens = sum(counts[:epoch * batch])
+    def theirs(rep: int) -> float:
+        return lora(warm + epoch, tmp / f"theirs{rep}", theirs_env) - lora(warm, tmp / f"theirs{rep}w", theirs_env)
+
+    tokens, ours_trained, theirs_trained = (sum(c[k] for c in counts) * epoch * batch / len(counts) for k in range(3))
     print(f"SFT, {preset} preset, one epoch = {epoch} steps of {batch} conversations (the first {samples} "
-          f"bundled, {len(counts)} for training), seq_len {seq_len}, AdamW lr {lr}; {tokens:,} real tokens "
-          f"in an epoch; OpenBLAS: {lib or 'none'}; epoch time = run of {warm}+{epoch} steps - run of {warm}")
+          f"bundled, {len(counts)} for training), seq_len {seq_len}, AdamW lr {lr}; an epoch: {tokens:,.0f} real "
+          f"tokens, {ours_trained:,.0f} trained by mlx_train (every reply), {theirs_trained:,.0f} by mlx-lm "
+          f"(--mask-prompt: the last reply); OpenBLAS: {lib or 'none'}; epoch time = run of {warm}+{epoch} steps "
+          f"- run of {warm}")
     walls = interleaved(reps, {"mlx_train packed": ours(True), "mlx_train unpacked": ours(False),
                                "mlx_lm.lora": theirs})
     for name, xs in walls.items():
-        rates = [tokens / x for x in xs]
-        print(f"  {name:<18} epoch s (min / median / max): {spread(xs)}   real tokens/s: {spread(rates, '{:,.0f}')}")
+        trained = theirs_trained if name == "mlx_lm.lora" else ours_trained
+        print(f"  {name:<18} epoch s (min / median / max): {spread(xs)}   real tokens/s: "
+              f"{spread([tokens / x for x in xs], '{:,.0f}')}   trained tokens/s: "
+              f"{spread([trained / x for x in xs], '{:,.0f}')}")
     for name in ("mlx_train packed", "mlx_train unpacked"):
         ratio = statistics.median(walls["mlx_lm.lora"]) / statistics.median(walls[name])
         print(f"  speed-up of {name} over mlx_lm.lora (epoch time, medians of {reps}; > 1: ours is faster): "
               f"x{ratio:.2f}")
     print("  (mlx-lm's full fine-tune trains the transformer layers, not the tied embedding)")
+    if lib and unpreloaded:
+        # as a user runs it: mlx's reference BLAS. Far slower, so 2 steps once, not an epoch
+        plain = {k: v for k, v in env.items() if k != "LD_PRELOAD"}
+        step = (lora(3, tmp / "plain3", plain) - lora(1, tmp / "plain1", plain)) / 2
+        with_blas = statistics.median(walls["mlx_lm.lora"]) / epoch
+        print(f"  mlx_lm.lora without OpenBLAS preloaded (as users run it; run of 3 steps - run of 1, once): "
+              f"{step:.2f} s a step, x{step / with_blas:.0f} its time with OpenBLAS ({with_blas:.2f} s)")
 
 
 # ---------------------------------------------------------------- MFU
@@ -285,15 +308,19 @@ def main() -> int:
     parser.add_argument("--skip-smoke", action="store_true", help="no smoke run")
     parser.add_argument("--skip-ranks", action="store_true", help="no 1-process vs 2-rank run")
     parser.add_argument("--skip-mfu", action="store_true", help="no MFU measurement")
+    parser.add_argument("--skip-unpreloaded", action="store_true",
+                        help="no mlx_lm.lora step without OpenBLAS (minutes a step on the small preset)")
     args = parser.parse_args()
     if args.reps < 5:
         parser.error("--reps must be at least 5")
     print(f"cpu cores: {os.cpu_count()}; {'quick' if args.quick else 'full'} run")
     with tempfile.TemporaryDirectory() as tmp:
         if args.quick:
-            bench_sft(Path(tmp) / "sft", preset="tiny", batch=8, seq_len=128, samples=200, reps=args.reps)
+            bench_sft(Path(tmp) / "sft", preset="tiny", batch=8, seq_len=128, samples=200, reps=args.reps,
+                      unpreloaded=not args.skip_unpreloaded)
         else:
-            bench_sft(Path(tmp) / "sft", preset="small", batch=8, seq_len=256, samples=400, reps=args.reps)
+            bench_sft(Path(tmp) / "sft", preset="small", batch=8, seq_len=256, samples=400, reps=args.reps,
+                      unpreloaded=not args.skip_unpreloaded)
     if not args.skip_mfu:
         with tempfile.TemporaryDirectory() as tmp:
             bench_mfu(Path(tmp), preset="tiny" if args.quick else "small", steps=10 if args.quick else 25,

@@ -7,7 +7,7 @@ series (`mlx_train.runs`: names, which run and step is the latest).
 Saves are atomic: everything is written into a hidden temporary folder, ``.tmp_step_XXXXXXX_PID_TOKEN``,
 that is renamed into place, so an interrupted save never leaves a half checkpoint for --init_from
 to pick. What an interrupted save (or prune) leaves behind is removed by the next save or run once
-its writer is gone (`clean_leftovers`); a live writer's temporary is never touched.
+its writer is gone (`recover_interrupted_saves`); a live writer's temporary is never touched.
 
 After each save the stage folder itself becomes the latest checkpoint as a model (`publish`):
 ``out_dir/config.json``, ``model.safetensors``, the tokenizer files and train_config.json (which
@@ -40,8 +40,8 @@ from mlx_train.errors import save_arrays
 from mlx_train.runs import CheckpointError, Run, is_checkpoint, last_saved, list_checkpoints, list_runs, newest_run
 from mlx_train.tokenizer import TOKENIZER_FILES, Tok
 
-__all__ = ["clean_leftovers", "load_config", "load_optimizer", "load_trainer_state", "load_weights",
-           "prune_runs", "publish", "save_checkpoint"]
+__all__ = ["load_config", "load_optimizer", "load_trainer_state", "load_weights", "prune_runs", "publish",
+           "recover_interrupted_saves", "save_checkpoint"]
 
 WEIGHTS = "model.safetensors"
 MODEL_FILES = ("config.json", *TOKENIZER_FILES)   # what the weights must be read with
@@ -53,7 +53,7 @@ OURS_RE = re.compile(r"step_\d{7}|tokenizer|" + "|".join(re.escape(n) for n in (
                      + "|" + RUN_NAME_RE.pattern)
 
 
-def clean_leftovers(out_dir: Path) -> list[Path]:
+def recover_interrupted_saves(out_dir: Path) -> list[Path]:
     """Tidy what interrupted saves left in ``out_dir`` once their writer is gone: temporaries and
     half-pruned folders are removed; a checkpoint set aside to be replaced by a re-save of its
     step is put back if the new one never arrived. Returns the paths removed or restored."""
@@ -80,7 +80,7 @@ def save_checkpoint(run: Run, *, out_dir: Path, step: int, model: nn.Module, mod
     model and prune the run's series to its last ``keep_last`` (other runs are not touched)."""
     out_dir, folder = Path(out_dir), Path(run.path)
     folder.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(folder)
+    recover_interrupted_saves(folder)
     final = folder / f"step_{step:07d}"
     tmp = atomic.temp_path(final)
     tmp.mkdir()

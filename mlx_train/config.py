@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["PRESETS", "RUN_NAME_RE", "TASKS", "TrainConfig", "UsageError", "build_parser", "is_run_name",
+__all__ = ["PRESETS", "RUN_NAME_RE", "TASKS", "ConfigError", "TrainConfig", "build_parser", "is_run_name",
            "model_dims", "resolve_config", "save_config"]
 
 TASKS = ("pretrain", "sft", "dpo", "r1")
@@ -50,7 +50,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-class UsageError(ValueError):
+class ConfigError(ValueError):
     """A flag or environment value that can't be used; reported as one line, exit 2."""
 
 
@@ -191,7 +191,7 @@ def resolve_config(argv: Sequence[str] | None = None,
                    env: Mapping[str, str] | None = None) -> TrainConfig:
     """Flags beat ``MLX_TRAIN_<FIELD>`` variables, which beat task and field defaults.
 
-    Raises ``UsageError`` for a bad environment value or an inconsistent combination;
+    Raises ``ConfigError`` for a bad environment value or an inconsistent combination;
     argparse itself exits 2 with one line for a bad flag.
     """
     env = os.environ if env is None else env
@@ -207,11 +207,11 @@ def resolve_config(argv: Sequence[str] | None = None,
         try:
             values[f.name] = _caster(f)(raw)
         except ValueError:
-            raise UsageError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid "
+            raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid "
                              f"{_caster(f).__name__.lstrip('_')}") from None
         choices = f.metadata.get("choices")
         if choices and values[f.name] not in choices:
-            raise UsageError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: choose from {', '.join(choices)}")
+            raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: choose from {', '.join(choices)}")
     if "run_name" not in values and env.get("RUN_NAME"):      # the pipelines' name for it
         values["run_name"] = env["RUN_NAME"]
     task = values.get("task", TrainConfig.task)
@@ -224,25 +224,25 @@ def resolve_config(argv: Sequence[str] | None = None,
 
 def _check(cfg: TrainConfig) -> None:
     if not cfg.data_path:
-        raise UsageError("--data_path is required (a JSONL file; see python -m mlx_train.data)")
+        raise ConfigError("--data_path is required (a JSONL file; see python -m mlx_train.data)")
     for name in ("seq_len", "batch_size", "accum_steps", "epochs", "log_interval",
                  "eval_interval", "save_interval", "keep_last", "eval_batches"):
         if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name}={getattr(cfg, name)} must be at least 1")
+            raise ConfigError(f"--{name}={getattr(cfg, name)} must be at least 1")
     for name in ("max_steps", "warmup_steps", "sample_tokens", "keep_runs"):
         if getattr(cfg, name) < 0:
-            raise UsageError(f"--{name}={getattr(cfg, name)} must not be negative")
+            raise ConfigError(f"--{name}={getattr(cfg, name)} must not be negative")
     if cfg.learning_rate is None or cfg.learning_rate <= 0:
-        raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
+        raise ConfigError(f"--learning_rate={cfg.learning_rate} must be positive")
     if cfg.run_name is not None and not is_run_name(cfg.run_name):
-        raise UsageError(f"--run_name={cfg.run_name!r}: use up to 100 letters, digits and . _ + - "
+        raise ConfigError(f"--run_name={cfg.run_name!r}: use up to 100 letters, digits and . _ + - "
                          "(not starting with one of . _ + -; not step_NNNNNNN or tokenizer)")
     dims = model_dims(cfg)
     if dims["hidden_size"] % dims["num_heads"]:
-        raise UsageError(f"hidden_size={dims['hidden_size']} is not divisible by "
+        raise ConfigError(f"hidden_size={dims['hidden_size']} is not divisible by "
                          f"num_heads={dims['num_heads']}")
     if dims["num_heads"] % dims["num_kv_heads"]:
-        raise UsageError(f"num_heads={dims['num_heads']} is not divisible by "
+        raise ConfigError(f"num_heads={dims['num_heads']} is not divisible by "
                          f"num_kv_heads={dims['num_kv_heads']}")
 
 

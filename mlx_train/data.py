@@ -28,12 +28,11 @@ import numpy as np
 from mlx_train.formats import PARSERS
 from mlx_train.tokenizer import Tok
 
-__all__ = ["ChatData", "DataError", "Dataset", "JsonlSource", "PackedText", "PairData",
-           "main", "make_dataset", "split_indices", "tokenizer_texts"]
+__all__ = ["R1_TAG_WEIGHT", "ChatData", "DataError", "Dataset", "JsonlSource", "PackedText", "PairData", "main",
+           "tokenizer_texts"]
 
 R1_TAG_WEIGHT = 10.0   # R1 stresses the reasoning tags in its loss (as MiniMind does)
 PAD_MULTIPLE = 32      # chat rows are padded to a multiple of this: few distinct shapes to compile
-VAL_EVERY = 20         # every 20th sample is held out for evaluation
 
 
 class DataError(ValueError):
@@ -260,27 +259,6 @@ class PairData(ChatData):
     def collate(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         rows = [self.pairs[i][0] for i in indices] + [self.pairs[i][1] for i in indices]
         return _pad(rows, pad_id=self.tok.pad_id, seq_len=self.seq_len)
-
-
-def make_dataset(task: str, tok: Tok, seq_len: int, *, packing: bool = False) -> Dataset:
-    """An empty dataset of the right kind for ``task``; with ``packing``, SFT and R1 pack
-    several conversations into each training row and DPO batches pairs of similar length
-    (`mlx_train.packing`)."""
-    from mlx_train.packing import GroupedPairs, PackedChat  # (packing imports this module)
-
-    if task == "pretrain":
-        return PackedText(tok, seq_len)
-    if task == "dpo":
-        return GroupedPairs(tok, seq_len) if packing else PairData(tok, seq_len)
-    kind = PackedChat if packing else ChatData
-    return kind(tok, seq_len, tag_weight=R1_TAG_WEIGHT if task == "r1" else 1.0)
-
-
-def split_indices(n: int) -> tuple[list[int], list[int]]:
-    """Train and held-out sample indices; stable when the data grows (every 20th is held out)."""
-    val = [i for i in range(n) if i % VAL_EVERY == VAL_EVERY - 1]
-    train = [i for i in range(n) if i % VAL_EVERY != VAL_EVERY - 1]
-    return train, val
 
 
 # ---------------------------------------------------------------------------------------------

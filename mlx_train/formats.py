@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_train import atomic
+from mlx_train.heldout import split_indices
 
 __all__ = ["PARSERS", "ROLES", "export", "mlx_lm_row"]
 
@@ -150,10 +151,8 @@ def mlx_lm_row(task: str, record: dict) -> dict:
 def export(task: str, records: Sequence[dict], out_dir: Path) -> dict[str, Path]:
     """Write ``records`` as ``out_dir/train.jsonl`` and ``valid.jsonl`` (each atomically).
 
-    The held-out rows are mlx_train's own (`mlx_train.data.split_indices`: every 20th); with
-    fewer than 20 rows the last one, so that mlx_lm.lora always has a validation set."""
-    from mlx_train.data import split_indices
-
+    The held-out rows are mlx_train's own (`mlx_train.heldout`: every 20th); with fewer than
+    20 rows the last one, so that mlx_lm.lora always has a validation set."""
     train, valid = split_indices(len(records))
     if not valid and len(records) > 1:
         train, valid = train[:-1], train[-1:]

@@ -224,11 +224,7 @@ def _stop(proc: subprocess.Popen, *, grace: float = GRACE) -> None:
     """SIGTERM to the launcher's whole group, then SIGKILL to what is left after ``grace``."""
     from tb_lazy.process import stop_process
 
-    stop_process(proc.pid, grace=grace)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)   # members left after their leader ended
-    except (ProcessLookupError, PermissionError):
-        pass
+    stop_process(proc.pid, grace=grace)      # the group too, even once mlx.launch itself has ended
     proc.wait()
 
 

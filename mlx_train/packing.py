@@ -28,10 +28,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mlx_train.data import PAD_MULTIPLE, ChatData, Dataset, PairData
+from mlx_train.data import PAD_MULTIPLE, R1_TAG_WEIGHT, ChatData, Dataset, PackedText, PairData
+from mlx_train.tokenizer import Tok
 
-__all__ = ["GROUP_BATCHES", "GroupedPairs", "PackedChat", "epoch_batches",
-           "group_by_length", "pack", "packed_forward", "segment_mask"]
+__all__ = ["GROUP_BATCHES", "GroupedPairs", "PackedChat", "epoch_batches", "group_by_length", "make_dataset",
+           "pack", "packed_forward", "segment_mask"]
 
 GROUP_BATCHES = 16   # length grouping sorts windows of this many batches of the shuffled order
 
@@ -138,6 +139,18 @@ def _collate_packed(rows: Sequence[Sequence[tuple[list[int], list[float]]]], *, 
             real[r] += n - 1
             at += n
     return {"tokens": tokens, "weights": weights, "real_tokens": real, "segments": segments}
+
+
+def make_dataset(task: str, tok: Tok, seq_len: int, *, packing: bool = False) -> Dataset:
+    """An empty dataset of the right kind for ``task``; with ``packing``, SFT and R1 pack
+    each batch's conversations into few rows and DPO batches pairs of similar length."""
+    if task == "pretrain":
+        return PackedText(tok, seq_len)
+    if task == "dpo":
+        return GroupedPairs(tok, seq_len) if packing else PairData(tok, seq_len)
+    kind = PackedChat if packing else ChatData
+    return kind(tok, seq_len, tag_weight=R1_TAG_WEIGHT if task == "r1" else 1.0)
+
 
 
 def segment_mask(segments: mx.array) -> mx.array:

@@ -1,5 +1,5 @@
 """What makes pretrain, SFT, R1 and DPO different: their loss. (Their batches come from
-`mlx_train.data.make_dataset`.) Every loss takes ``(model, batch)`` and returns
+`mlx_train.packing.make_dataset`.) Every loss takes ``(model, batch)`` and returns
 ``(loss, n_target_tokens, metrics)`` with metrics a dict of TensorBoard tag -> scalar array.
 
 Batches: tokens (R, L+1) int32, weights (R, L) float32 (see mlx_train.data)."""

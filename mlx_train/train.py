@@ -27,18 +27,20 @@ from pathlib import Path
 from mlx_train import atomic
 from mlx_train.blas import blas_note, reexec_with_fast_blas
 from mlx_train.checkpoint import (
-    clean_leftovers,
     load_config,
     load_optimizer,
     load_trainer_state,
     load_weights,
     prune_runs,
+    recover_interrupted_saves,
     save_checkpoint,
 )
-from mlx_train.config import TrainConfig, UsageError, build_parser, model_dims, resolve_config
-from mlx_train.data import DataError, JsonlSource, make_dataset, split_indices, tokenizer_texts
+from mlx_train.config import ConfigError, TrainConfig, build_parser, model_dims, resolve_config
+from mlx_train.data import DataError, JsonlSource, tokenizer_texts
 from mlx_train.distributed import SINGLE, RankMismatch, World, init_world
 from mlx_train.errors import quiet_background_writes, report_os_error
+from mlx_train.heldout import split_indices
+from mlx_train.packing import make_dataset
 from mlx_train.runs import (
     CheckpointError,
     Run,
@@ -64,19 +66,18 @@ def say(message: str) -> None:
 
 
 def check_tensorboard_environment(cfg: TrainConfig) -> None:
-    """Bad ``TB_*`` values fail now, as a UsageError, rather than in the watcher after training
+    """Bad ``TB_*`` values fail now, as a ConfigError, rather than in the watcher after training
     has started; only checked when this run logs (``--tensorboard_dir``) and tb_lazy is installed."""
     if cfg.tensorboard_dir is None:
         return
     try:
-        from tb_lazy.config import UsageError as TbUsageError
-        from tb_lazy.config import check_environment
+        from tb_lazy.config import UsageError, check_environment
     except ImportError:
         return  # no tb_lazy: nothing will be started, nothing to check
     try:
         check_environment()
-    except TbUsageError as e:
-        raise UsageError(str(e)) from None
+    except UsageError as e:
+        raise ConfigError(str(e)) from None
 
 
 def silent(message: str) -> None:
@@ -164,7 +165,7 @@ def _rng_seed(seed: int, step: int) -> int:
 def check_world(cfg: TrainConfig, world: World) -> None:
     """The global batch must split evenly over the ranks."""
     if cfg.batch_size % world.size:
-        raise UsageError(f"--batch_size={cfg.batch_size} (the global batch) is not divisible by "
+        raise ConfigError(f"--batch_size={cfg.batch_size} (the global batch) is not divisible by "
                          f"the {world.size} ranks of this run")
 
 
@@ -197,7 +198,7 @@ def run(cfg: TrainConfig, *, report=say, world: World = SINGLE) -> Path | None:
         raise DataError(f"batch_size={cfg.batch_size} but only {n_lines} training samples "
                         f"in {cfg.data_path} ({len(records)} lines)")
     if world.is_main:
-        clean_leftovers(out_dir)    # what interrupted saves of earlier runs left
+        recover_interrupted_saves(out_dir)    # what interrupted saves of earlier runs left
         run_ = resumed or claim_run(out_dir, name=cfg.run_name, logs=cfg.tensorboard_dir)
         _say_run(cfg, run_, resumed=resumed is not None, report=report)
     else:     # writes nothing: the name only labels what rank 0 saves
@@ -352,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         world = init_world()
         check_world(cfg, world)
         run(cfg, world=world)
-    except (UsageError, DataError, CheckpointError, RankMismatch) as e:
+    except (ConfigError, DataError, CheckpointError, RankMismatch) as e:
         if world.is_main or isinstance(e, RankMismatch):   # the same inputs fail on every rank: said once
             print(f"error: {e}", file=sys.stderr)
         else:   # let rank 0 say it before the launcher, seeing this rank end, stops the others

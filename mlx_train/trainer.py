@@ -27,8 +27,9 @@ import numpy as np
 from mlx.utils import tree_map
 
 from mlx_train.config import PRESETS, TrainConfig
-from mlx_train.data import DataError, Dataset, JsonlSource, split_indices
+from mlx_train.data import DataError, Dataset, JsonlSource
 from mlx_train.distributed import SINGLE, World
+from mlx_train.heldout import split_indices
 from mlx_train.packing import epoch_batches
 from mlx_train.stages import LossFn
 from mlx_train.tblog import TBLogger

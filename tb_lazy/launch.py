@@ -22,9 +22,9 @@ from pathlib import Path
 import psutil
 
 from tb_lazy.address import format_url, local_url_for, loopback_for, tunnel_hint, url_for
-from tb_lazy.process import Identity, identify, pid_alive, socket_states, stop_process
+from tb_lazy.process import Identity, identify, socket_states, stop_process
 
-__all__ = ["Failed", "Served", "answers", "pid_alive", "start_tensorboard", "stop_process", "tensorboard_command"]
+__all__ = ["Failed", "Served", "answers", "port_is_free", "start_tensorboard", "tensorboard_command"]
 
 START_TIMEOUT = 60.0  # seconds for a TensorBoard to answer before we give up on it
 PORT_TRIES = 5  # launches tried when ports are taken under our feet

@@ -183,7 +183,7 @@ def magic(line: str) -> None:
     from IPython.core.error import UsageError
 
     try:
-        args, extra = _parser().parse_known_args(shlex.split(line))
+        args, extra = _parser().parse_known_args(shlex.split(line, comments=True))   # "# ..." ends it
     except (argparse.ArgumentError, ValueError, SystemExit) as error:
         raise UsageError(f"{error}; usage: {USAGE}") from None
     if extra:

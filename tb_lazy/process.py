@@ -228,15 +228,22 @@ def stop_process(pid: int, *, grace: float = 5.0, identity: Identity | None = No
 
     With ``identity``, nothing is signalled unless ``pid`` is still that exact process.
     TensorBoard runs in its own session with its data server in the same group, so the
-    group is signalled and waited for. Our own child is reaped. Safe to call twice or on a
-    process already gone. Returns True if it was running.
+    group is signalled and waited for; without ``identity``, so is a group whose leader
+    ``pid`` has already ended (its number stays the group's while members live). Our own
+    child is reaped. Safe to call twice or on a process already gone. Returns True if
+    something was running.
     """
     if not valid_pid(pid):
         return False
     _reap(pid)
-    if (identity is not None and not is_running(identity)) or not pid_alive(pid):
+    if identity is not None and not is_running(identity):
         return False
-    group = _leads_group(pid)
+    if pid_alive(pid):
+        group = _leads_group(pid)
+    elif identity is None and _group_alive(pid):
+        group = True              # members left after their leader ended
+    else:
+        return False
     if not _signal(pid, signal.SIGTERM, group=group):
         return False  # not ours to signal: say so at once rather than wait for it to end
     _signal(pid, signal.SIGCONT, group=group)  # a stopped (SIGSTOP) process handles the SIGTERM now

@@ -24,13 +24,12 @@ from tb_lazy.launch import (
     Failed,
     Served,
     install_hint,
-    pid_alive,
     port_is_free,
     start_tensorboard,
     tensorboard_command,
 )
 from tb_lazy.messages import note, warn
-from tb_lazy.process import Identity, identify, start_wall_time
+from tb_lazy.process import Identity, identify, pid_alive, start_wall_time
 from tb_lazy.watchers import mark_ready
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tb_lazy.config import RANK_VARIABLES
-from tb_lazy.launch import stop_process
+from tb_lazy.process import stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 TB_VARIABLES = ("TB_AUTO", "TB_HOST", "TB_PORT", "TB_KEEP", "TB_LAZY_QUIET_REUSE", *RANK_VARIABLES)

@@ -8,7 +8,7 @@ import time
 from conftest import get_json, pids_mentioning, tensorboard_pids, write_scalar
 
 import tb_lazy
-from tb_lazy.launch import pid_alive
+from tb_lazy.process import pid_alive
 
 
 def test_starts_tensorboard_when_training_logs(tb_env, capsys):

@@ -16,7 +16,7 @@ from conftest import REPO, free_port, get_json, tensorboard_pids, write_scalar
 import tb_lazy.launch
 from tb_lazy import registry
 from tb_lazy.cli import main
-from tb_lazy.launch import pid_alive
+from tb_lazy.process import pid_alive
 
 
 def one_error_line(capsys) -> str:

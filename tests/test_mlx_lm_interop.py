@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, free_port
 
 from mlx_train import train
-from mlx_train.checkpoint import clean_leftovers, publish
+from mlx_train.checkpoint import publish, recover_interrupted_saves
 from mlx_train.datagen import write_all
 from mlx_train.runs import find_checkpoint, list_checkpoints
 
@@ -187,5 +187,5 @@ def test_interrupted_publish_leftovers_are_cleaned(tmp_path):
     leftover = out / f".tmp_model.safetensors_{dead}_0123abcd"          # a writer killed mid-publish
     leftover.write_bytes(b"half")
     os.utime(leftover, (time.time() - 3600, time.time() - 3600))     # a reused PID started later: still gone
-    assert leftover in clean_leftovers(out)
+    assert leftover in recover_interrupted_saves(out)
     assert not leftover.exists() and (out / "model.safetensors").is_file()

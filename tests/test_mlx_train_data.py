@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from mlx_train import data as data_mod
-from mlx_train.config import UsageError, resolve_config
-from mlx_train.data import ChatData, DataError, JsonlSource, PairData, make_dataset
+from mlx_train.config import ConfigError, resolve_config
+from mlx_train.data import ChatData, DataError, JsonlSource, PairData
 from mlx_train.datagen import FILES, write_all
+from mlx_train.packing import make_dataset
 from mlx_train.runs import CheckpointError, find_checkpoint
 from mlx_train.tblog import TBLogger
 from mlx_train.tokenizer import Tok, train_tokenizer
@@ -153,9 +154,9 @@ def test_resolve_config_flags_beat_env_beat_defaults():
     cfg = resolve_config(["--data_path", "d.jsonl", "--seq_len", "64"], env)
     assert (cfg.batch_size, cfg.seq_len, cfg.task) == (16, 64, "pretrain")
     assert resolve_config(["--data_path", "d", "--task", "dpo"], {}).learning_rate == 1e-4
-    with pytest.raises(UsageError, match="MLX_TRAIN_BATCH_SIZE='many'"):
+    with pytest.raises(ConfigError, match="MLX_TRAIN_BATCH_SIZE='many'"):
         resolve_config(["--data_path", "d"], {"MLX_TRAIN_BATCH_SIZE": "many"})
-    with pytest.raises(UsageError, match="hidden_size=100 is not divisible by num_heads=3"):
+    with pytest.raises(ConfigError, match="hidden_size=100 is not divisible by num_heads=3"):
         resolve_config(["--data_path", "d", "--hidden_size", "100", "--num_heads", "3"], {})
 
 

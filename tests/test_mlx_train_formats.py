@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from mlx_train import data as data_mod
-from mlx_train.data import DataError, JsonlSource, make_dataset
+from mlx_train.data import DataError, JsonlSource
+from mlx_train.packing import make_dataset
 from mlx_train.tokenizer import Tok, train_tokenizer
 
 Q, A = "What is 2 plus 3?", "2 plus 3 equals 5."

@@ -18,11 +18,20 @@ from mlx.utils import tree_flatten
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlx_train import train
-from mlx_train.data import ChatData, JsonlSource, make_dataset, split_indices
+from mlx_train.data import ChatData, JsonlSource
 from mlx_train.datagen import write_all
 from mlx_train.distributed import World
+from mlx_train.heldout import split_indices
 from mlx_train.model import build_model, model_config
-from mlx_train.packing import GroupedPairs, PackedChat, group_by_length, pack, packed_forward, segment_mask
+from mlx_train.packing import (
+    GroupedPairs,
+    PackedChat,
+    group_by_length,
+    make_dataset,
+    pack,
+    packed_forward,
+    segment_mask,
+)
 from mlx_train.stages import lm_loss
 from mlx_train.tokenizer import Tok, render_chat, train_tokenizer
 from mlx_train.trainer import Position, epoch_plan, evaluate, make_step, micro_batches

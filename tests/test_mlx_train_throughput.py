@@ -12,7 +12,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlx_train import train
-from mlx_train.data import ChatData, JsonlSource, split_indices
+from mlx_train.data import ChatData, JsonlSource
+from mlx_train.heldout import split_indices
 from mlx_train.tokenizer import Tok
 
 TINY = ["--preset", "tiny", "--hidden_size", "64", "--num_heads", "4", "--intermediate_size",

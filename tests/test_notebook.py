@@ -128,7 +128,7 @@ def test_stop_and_list_and_bad_usage(tb_env, tmp_path, monkeypatch):
             "%load_ext tb_lazy\n%tb_lazy logs",
             "from tensorboardX import SummaryWriter\n"
             "with SummaryWriter('logs/run1') as writer:\n    writer.add_scalar('train/loss', 1.0, 0)",
-            "%tb_lazy wait logs 120",
+            "%tb_lazy wait logs 120  # a trailing comment is a comment",
             "%tb_lazy stop logs",
             "%tb_lazy list",
             "%tb_lazy logs --nope",

@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import get_json, pids_mentioning, tensorboard_pids, wait_for
 
-from tb_lazy.launch import pid_alive
+from tb_lazy.process import pid_alive
 
 URL_LINE = re.compile(r"^\[tensorboard\] (http://127\.0\.0\.1:\d+) \(pid=(\d+)\)$", re.M)
 

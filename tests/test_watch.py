@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import append_record, free_port, get_json, header_only, tensorboard_pids, wait_for, write_scalar
 
-from tb_lazy.launch import pid_alive, port_is_free
+from tb_lazy.launch import port_is_free
+from tb_lazy.process import pid_alive
 
 LINE = re.compile(r"^\[tensorboard\] http://127\.0\.0\.1:(\d+) \(pid=(\d+)(, reused)?\)$")
 

@@ -5,12 +5,12 @@ Modules: `cli` (config from flags and environment, the worker pool `generate()`,
 prompts or a user's file). Command line: ``python -m mlx_train.distill --out FILE ...``.
 """
 
-from mlx_train.config import UsageError
+from mlx_train.config import ConfigError
 from mlx_train.distill.cli import DistillConfig, GenerateResult, generate, main, resolve_config, run
 from mlx_train.distill.prompts import PromptFileError, builtin_prompts, iter_builtin_prompts, load_prompts_file
 from mlx_train.distill.samples import SampleFile
 from mlx_train.distill.teacher import APIS, Teacher, TeacherError, teacher_hint
 
 __all__ = ["APIS", "DistillConfig", "GenerateResult", "PromptFileError", "SampleFile", "Teacher",
-           "TeacherError", "UsageError", "builtin_prompts", "generate", "iter_builtin_prompts",
+           "TeacherError", "ConfigError", "builtin_prompts", "generate", "iter_builtin_prompts",
            "load_prompts_file", "main", "resolve_config", "run", "teacher_hint"]

@@ -32,12 +32,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlx_train.config import UsageError
+from mlx_train.config import ConfigError
 from mlx_train.distill.prompts import PromptFileError, iter_builtin_prompts, load_prompts_file
 from mlx_train.distill.samples import SampleFile
 from mlx_train.distill.teacher import APIS, THINK_LEVELS, Teacher, TeacherError, _with_retries, teacher_hint
 
-__all__ = ["DistillConfig", "GenerateResult", "UsageError", "generate", "main", "resolve_config"]
+__all__ = ["DistillConfig", "GenerateResult", "ConfigError", "generate", "main", "resolve_config"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1       # every request failed, or the teacher kept failing
@@ -141,7 +141,7 @@ exit codes: 0 target reached (or prompts exhausted, with a warning); 1 every req
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, no usage dump
-        raise UsageError(message)
+        raise ConfigError(message)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -182,17 +182,17 @@ def _number(name: str, raw: str, kind: type, *, minimum: float, allow_equal: boo
         value = kind(raw)
     except (TypeError, ValueError):
         what = "an integer" if kind is int else "a number"
-        raise UsageError(f"{name}={raw!r} is not {what}") from None
+        raise ConfigError(f"{name}={raw!r} is not {what}") from None
     if value < minimum or (value == minimum and not allow_equal):
         bound = ">=" if allow_equal else ">"
-        raise UsageError(f"{name}={raw!r} must be {bound} {minimum:g}")
+        raise ConfigError(f"{name}={raw!r} must be {bound} {minimum:g}")
     return value
 
 
 def _choice(name: str, raw: str, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     if raw not in choices:
-        raise UsageError(f"{name}={raw!r} is not one of: {', '.join(choices)}")
+        raise ConfigError(f"{name}={raw!r} is not one of: {', '.join(choices)}")
     return raw
 
 
@@ -208,7 +208,7 @@ def _teacher_think(name: str, raw: str | None, api: str) -> bool | str | None:
     if value in THINK_LEVELS:
         return value
     if value not in _THINK_WORDS:
-        raise UsageError(f"{name}={raw!r} is not one of: 0, 1, {', '.join(THINK_LEVELS)}, default")
+        raise ConfigError(f"{name}={raw!r} is not one of: 0, 1, {', '.join(THINK_LEVELS)}, default")
     return _THINK_WORDS[value]
 
 
@@ -216,7 +216,7 @@ def _api_key(env) -> str | None:
     """TEACHER_API_KEY, checked without ever showing it."""
     key = env.get("TEACHER_API_KEY", "").strip()
     if key and not all(33 <= ord(ch) < 127 for ch in key):
-        raise UsageError("TEACHER_API_KEY holds spaces or characters an HTTP header can't carry "
+        raise ConfigError("TEACHER_API_KEY holds spaces or characters an HTTP header can't carry "
                          "(its value is not shown)")
     return key or None
 
@@ -227,12 +227,12 @@ def _normalize_url(raw: str) -> str:
         url = "http://" + url  # OLLAMA_HOST style "127.0.0.1:11434"
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"teacher URL {raw!r} is not an http(s) URL")
+        raise ConfigError(f"teacher URL {raw!r} is not an http(s) URL")
     return url
 
 
 def resolve_config(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> DistillConfig:
-    """Build the run's config from flags > environment > defaults; raise UsageError when bad."""
+    """Build the run's config from flags > environment > defaults; raise ConfigError when bad."""
     env = os.environ if environ is None else environ
     args = _build_parser().parse_args(argv)
 
@@ -256,12 +256,12 @@ def resolve_config(argv: list[str] | None = None, environ: dict[str, str] | None
     else:
         cold = _number(cold_src, cold_raw, int, minimum=0)
         if cold > total:
-            raise UsageError(f"{cold_src}={cold} is larger than {total_src}={total}")
+            raise ConfigError(f"{cold_src}={cold} is larger than {total_src}={total}")
     workers_raw, workers_src = pick(args.workers, "--workers", "GEN_WORKERS", "4")
     prompts_raw, _ = pick(args.prompts_file, "--prompts-file", "PROMPTS_FILE", None)
     think_raw, think_src = pick(args.teacher_think, "--teacher-think", "TEACHER_THINK", None)
     if not str(model).strip():
-        raise UsageError("teacher model name is empty")
+        raise ConfigError("teacher model name is empty")
     return DistillConfig(
         out=Path(args.out),
         api=api,
@@ -435,7 +435,7 @@ def _prompt_source(cfg: DistillConfig) -> Iterable[str]:
     try:
         return load_prompts_file(cfg.prompts_file)
     except PromptFileError as exc:
-        raise UsageError(str(exc)) from None
+        raise ConfigError(str(exc)) from None
 
 
 def run(cfg: DistillConfig, *, handle_signals: bool = True) -> int:
@@ -449,7 +449,7 @@ def run(cfg: DistillConfig, *, handle_signals: bool = True) -> int:
     try:
         have = SampleFile.scan(cfg.out)[0]
     except OSError as exc:
-        raise UsageError(f"cannot read {cfg.out}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read {cfg.out}: {exc.strerror or exc}") from None
     if have >= target:
         print(f"[distill] ready: {have} samples in {cfg.out} (target {target})", file=sys.stderr, flush=True)
         return EXIT_OK
@@ -490,7 +490,7 @@ def run(cfg: DistillConfig, *, handle_signals: bool = True) -> int:
                               retries=cfg.retries, backoff=cfg.backoff, seed=cfg.seed,
                               log_every=cfg.log_every, stop=signals.stop)
     except OSError as exc:
-        raise UsageError(f"cannot write {cfg.out}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot write {cfg.out}: {exc.strerror or exc}") from None
 
     if result.reason == "stopped":
         name = "interrupted" if signals.signum == signal.SIGINT else "terminated"
@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: `python -m mlx_train.distill --out data.jsonl ...`."""
     try:
         return run(resolve_config(argv))
-    except UsageError as exc:
+    except ConfigError as exc:
         _err(f"[error] distill: {exc}")
         return EXIT_USAGE
     except SystemExit as exc:  # --help

@@ -16,7 +16,7 @@ try:  # advisory lock so two runs never append to the same file at once (POSIX o
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-from mlx_train.config import UsageError
+from mlx_train.config import ConfigError
 
 __all__ = ["SampleFile"]
 
@@ -82,7 +82,7 @@ class SampleFile:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
-                raise UsageError(f"another run is writing {self.path} (file is locked)") from None
+                raise ConfigError(f"another run is writing {self.path} (file is locked)") from None
         self._fd = fd
         self.count, self.prompts, self.malformed, tail = self.scan(self.path)
         if tail.strip():
