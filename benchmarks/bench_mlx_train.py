@@ -194,6 +194,69 @@ def model_flops_per_token(config: dict, seq_len: int) -> float:
     return 6 * matmul + 6 * layers * seq_len * d
 
 
+def profile_step(*, preset: str, shapes: list[tuple[int, int]], reps: int) -> None:
+    """Where a training step's time goes, in this process: for batches of ``shapes`` (rows,
+    positions) of random tokens, the median time of a whole compiled step (forward, backward,
+    AdamW update), of forward and backward alone, and of the compiled AdamW update alone,
+    beside the time the step's matmul FLOPs would take at the sgemm rate measured here."""
+    from functools import partial
+
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    import numpy as np
+    from mlx.utils import tree_map
+
+    from mlx_train.config import PRESETS
+    from mlx_train.model import build_model, count_params, model_config
+    from mlx_train.stages import lm_loss
+    from mlx_train.trainer import make_step
+
+    dims = dict(PRESETS[preset])
+    vocab = dims.pop("vocab_size")
+    model = build_model(model_config(dims, vocab_size=vocab, max_len=256, eos_token_ids=[0]))
+    optimizer = optim.AdamW(learning_rate=1e-5)
+    step = make_step(model, optimizer, lm_loss, accum_steps=1, grad_clip=0.0)
+    grads_only = make_step(model, optimizer, lm_loss, accum_steps=2, grad_clip=0.0)   # update=False: no update
+    config = {"hidden_size": dims["hidden_size"], "num_hidden_layers": dims["num_layers"],
+              "intermediate_size": dims["intermediate_size"], "num_attention_heads": dims["num_heads"],
+              "num_key_value_heads": dims["num_kv_heads"], "vocab_size": vocab}
+    peak = sgemm_gflops()
+
+    def timed(fn) -> float:
+        tic = time.perf_counter()
+        mx.eval(fn())
+        return time.perf_counter() - tic
+
+    def medians(*fns) -> list[float]:
+        """Median time of each of ``fns``, run in turn ``reps`` times (after two warm-up rounds
+        that compile), so the machine's noise hits them alike."""
+        times = [[timed(fn) for fn in fns] for _ in range(reps + 2)][2:]
+        return [statistics.median(t[k] for t in times) for k in range(len(fns))]
+
+    grads = tree_map(lambda p: mx.full(p.shape, 1e-3, p.dtype), model.parameters())
+    state = [model.state, optimizer.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def update(g):
+        optimizer.update(model, g)
+
+    adamw, = medians(lambda: (update(grads), model.state, optimizer.state)[1:])
+    print(f"one training step, {preset} preset ({count_params(model) / 1e6:.1f}M parameters), NumPy sgemm "
+          f"{peak:.0f} GFLOP/s here; medians of {reps}")
+    print(f"  AdamW update alone (compiled): {adamw:.3f} s")
+    for rows, positions in shapes:
+        rng = np.random.default_rng(0)
+        batch = {"tokens": mx.array(rng.integers(0, vocab, (rows, positions + 1), dtype=np.int32)),
+                 "weights": mx.ones((rows, positions))}
+        whole, grad = medians(lambda b=batch: (step(b, None, True), model.state, optimizer.state),
+                              lambda b=batch: grads_only(b, None, False))
+        flops = model_flops_per_token(config, positions) * rows * positions
+        print(f"  {rows} x {positions} positions: whole step {whole:.3f} s = forward+backward {grad:.3f} s "
+              f"+ the rest {whole - grad:.3f} s; its model FLOPs at the sgemm rate: {flops / peak / 1e9:.3f} s "
+              f"(MFU of forward+backward {flops / grad / 1e9 / peak:.2f}, of the whole step "
+              f"{flops / whole / 1e9 / peak:.2f})")
+
+
 def bench_mfu(tmp: Path, *, preset: str, steps: int, reps: int) -> None:
     """Model FLOP/s of the pretrain stage (rows of seq_len tokens, no padding) over NumPy's sgemm
     GFLOP/s measured right before each run: a peak this machine reaches now."""
@@ -307,7 +370,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5, help="repetitions of each side (at least 5)")
     parser.add_argument("--skip-smoke", action="store_true", help="no smoke run")
     parser.add_argument("--skip-ranks", action="store_true", help="no 1-process vs 2-rank run")
-    parser.add_argument("--skip-mfu", action="store_true", help="no MFU measurement")
+    parser.add_argument("--skip-mfu", action="store_true", help="no MFU measurement and step profile")
     parser.add_argument("--skip-unpreloaded", action="store_true",
                         help="no mlx_lm.lora step without OpenBLAS (minutes a step on the small preset)")
     args = parser.parse_args()
@@ -325,6 +388,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             bench_mfu(Path(tmp), preset="tiny" if args.quick else "small", steps=10 if args.quick else 25,
                       reps=args.reps)
+        profile_step(preset="tiny" if args.quick else "small", shapes=[(1, 320), (8, 96), (8, 256)], reps=args.reps)
     if not args.skip_ranks:
         with tempfile.TemporaryDirectory() as tmp:
             bench_ranks(Path(tmp), steps=10 if args.quick else 25, reps=args.reps)

@@ -52,9 +52,9 @@ from watchdog.events import FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 
 from tb_lazy.config import RANK_VARIABLES
-from tb_lazy.detect import WATCHED_EVENTS, Tree, wait_for_new_data
+from tb_lazy.detect.detect import WATCHED_EVENTS, Tree, wait_for_new_data
+from tb_lazy.detect.observe import make_observer
 from tb_lazy.launch import answers
-from tb_lazy.observe import make_observer
 from tb_lazy.process import stop_process
 
 REPO = Path(__file__).resolve().parent.parent

@@ -34,11 +34,11 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlx_train import atomic
 from mlx_train.config import RUN_NAME_RE, TrainConfig, save_config
 from mlx_train.errors import save_arrays
 from mlx_train.runs import CheckpointError, Run, is_checkpoint, last_saved, list_checkpoints, list_runs, newest_run
 from mlx_train.tokenizer import TOKENIZER_FILES, Tok
+from tb_lazy import atomic
 
 __all__ = ["load_config", "load_optimizer", "load_trainer_state", "load_weights", "prune_runs", "publish",
            "recover_interrupted_saves", "save_checkpoint"]

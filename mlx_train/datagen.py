@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mlx_train.atomic import atomic_file, clean_leftovers
+from tb_lazy.atomic import atomic_file, clean_leftovers
 
 __all__ = ["FILES", "clean_stale", "write_all"]
 

@@ -108,7 +108,7 @@ def _from_tensorboardx(error: BaseException) -> bool:
 def _target(filename: Any) -> str | None:
     """``filename`` with our temporaries' names (``.tmp_step_0000004_PID_TOKEN``) replaced by
     what they were to become (``step_0000004``): the temporary is gone by the time it's read."""
-    from mlx_train.atomic import LEFTOVER_RE
+    from tb_lazy.atomic import LEFTOVER_RE
 
     if filename is None:
         return None

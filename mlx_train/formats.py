@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlx_train import atomic
 from mlx_train.heldout import split_indices
+from tb_lazy import atomic
 
 __all__ = ["PARSERS", "ROLES", "export", "mlx_lm_row"]
 

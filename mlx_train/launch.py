@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlx_train.atomic import writer_gone
+from tb_lazy.atomic import writer_gone
 
 __all__ = ["RankExit", "blame", "clean_stale_launches", "main", "parse_rank_exit"]
 

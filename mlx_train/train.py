@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from mlx_train import atomic
 from mlx_train.blas import blas_note, reexec_with_fast_blas
 from mlx_train.checkpoint import (
     load_config,
@@ -52,6 +51,7 @@ from mlx_train.runs import (
     list_runs,
 )
 from mlx_train.tokenizer import Tok, render_chat, train_tokenizer
+from tb_lazy import atomic
 
 __all__ = ["main", "prepare_tokenizer", "run"]
 

@@ -24,8 +24,8 @@ try:
     from tb_lazy.autostart import Board, autostart
     from tb_lazy.config import UsageError
     from tb_lazy.launch import Failed, Served
-    from tb_lazy.registry import Instance, running
-    from tb_lazy.registry import stop as stop_serving
+    from tb_lazy.state.registry import Instance, running
+    from tb_lazy.state.registry import stop as stop_serving
     from tb_lazy.watch import Skipped, watch
 except ModuleNotFoundError as _missing:
     # An interpreter without the project's dependencies: ``import tb_lazy`` still works, so

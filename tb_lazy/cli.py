@@ -16,12 +16,13 @@ import threading
 import time
 from collections.abc import Sequence
 
-from tb_lazy import __version__, registry
+from tb_lazy import __version__
 from tb_lazy.config import DEFAULT_HOST, DEFAULT_PORT, UsageError, check_logdir
 from tb_lazy.launch import Failed, Served
 from tb_lazy.messages import note, tunnel, warn
 from tb_lazy.process import start_wall_time
-from tb_lazy.statefiles import shown
+from tb_lazy.state import registry
+from tb_lazy.state.statefiles import shown
 from tb_lazy.watch import Skipped, watch
 
 PROG = "tb-lazy"

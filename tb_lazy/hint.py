@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tb_lazy.detect import Tree
+from tb_lazy.detect.detect import Tree
+from tb_lazy.detect.rundata import CLOCK_SLACK, RunData
 from tb_lazy.messages import note
-from tb_lazy.rundata import CLOCK_SLACK, RunData
 
 DEFAULT_AFTER = 10.0  # seconds an event file of this run may stay without data before we say why
 INTERVAL = 1.0  # seconds between scans, at least

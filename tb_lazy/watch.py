@@ -14,9 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from tb_lazy import registry
 from tb_lazy.config import Settings, UsageError, auto_enabled, is_public_host, other_rank, resolve
-from tb_lazy.detect import SLICE, wait_for_new_data
+from tb_lazy.detect.detect import SLICE, wait_for_new_data
 from tb_lazy.hint import while_waiting
 from tb_lazy.launch import (
     PORT_TRIES,
@@ -30,7 +29,8 @@ from tb_lazy.launch import (
 )
 from tb_lazy.messages import note, warn
 from tb_lazy.process import Identity, identify, pid_alive, start_wall_time
-from tb_lazy.watchers import mark_ready
+from tb_lazy.state import registry
+from tb_lazy.state.watchers import mark_ready
 
 
 @dataclasses.dataclass(frozen=True)

@@ -86,9 +86,9 @@ import sys
 
 import tb_lazy
 
-for info in pkgutil.iter_modules(tb_lazy.__path__):
-    if info.name != "__main__":
-        importlib.import_module(f"tb_lazy.{info.name}")
+for info in pkgutil.walk_packages(tb_lazy.__path__, "tb_lazy."):
+    if info.name != "tb_lazy.__main__":
+        importlib.import_module(info.name)
 loaded = {name.split(".")[0] for name in sys.modules} & {"numpy", "tensorboardX", "mlx", "mlx_lm"}
 if loaded:
     sys.exit(f"base_install_check: error: importing tb_lazy loaded {sorted(loaded)}")

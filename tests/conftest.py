@@ -118,7 +118,7 @@ def get_json(url: str, timeout: float = 5.0):
 def wait_in_thread(logdir: Path, *, since: float | None = None, **options) -> tuple[threading.Thread, list]:
     """``wait_for_new_data`` with a real observer in a thread; returns once its watches are placed
     (its ``on_ready``). The run began now unless ``since`` says otherwise."""
-    from tb_lazy.detect import wait_for_new_data
+    from tb_lazy.detect.detect import wait_for_new_data
 
     since = time.time() if since is None else since
     result: list = []

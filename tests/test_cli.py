@@ -14,9 +14,9 @@ import pytest
 from conftest import REPO, free_port, get_json, tensorboard_pids, write_scalar
 
 import tb_lazy.launch
-from tb_lazy import registry
 from tb_lazy.cli import main
 from tb_lazy.process import pid_alive
+from tb_lazy.state import registry
 
 
 def one_error_line(capsys) -> str:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from conftest import append_record, finish, flush_scalar, header_only, wait_in_thread, write_scalar
 
-from tb_lazy.detect import is_event_file, wait_for_new_data
-from tb_lazy.observe import file_system_type, make_observer
+from tb_lazy.detect.detect import is_event_file, wait_for_new_data
+from tb_lazy.detect.observe import file_system_type, make_observer
 
 
 def test_event_file_names_follow_tensorboard():
@@ -229,7 +229,7 @@ def test_what_inotify_watches_is_read_from_the_kernel_not_from_watchdog(tmp_path
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
 
-    from tb_lazy.observe import unwatched
+    from tb_lazy.detect.observe import unwatched
 
     watched, elsewhere = tmp_path / "logs", tmp_path / "elsewhere"
     (watched / "a" / "b").mkdir(parents=True)

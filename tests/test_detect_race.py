@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import write_scalar
 
-from tb_lazy.detect import wait_for_new_data
-from tb_lazy.observe import make_observer
+from tb_lazy.detect.detect import wait_for_new_data
+from tb_lazy.detect.observe import make_observer
 
 POLL = 0.1  # a polling observer's interval, for the polling runs
 OBSERVERS = pytest.mark.parametrize("poll", [None, POLL], ids=["inotify", "polling"])

@@ -13,7 +13,9 @@ from tb_lazy.hint import DEFAULT_AFTER, BufferHint, hint_after
 
 URL_LINE = re.compile(r"\[tensorboard\] http://127\.0\.0\.1:\d+ \(pid=\d+\)")
 # A trainer as users write one: tensorboardX with its default flush_secs (120 s), one scalar
-# every 0.2 s, until told to stop (the stop file appears); then it closes the writer. With a
+# every 2 s, until told to stop (the stop file appears); then it closes the writer. (At one
+# every 0.2 s its file buffer reached the disk after 17 s: on a loaded machine, before a
+# slow-starting watcher's first look, so no hint was due; at this rate, after ~170 s.) With a
 # third argument DIR it runs inside tb_lazy.autostart(DIR), and waits for TensorBoard at the end.
 BUFFERING_TRAINER = """
 import contextlib, os, sys, time
@@ -28,7 +30,7 @@ with contextlib.ExitStack() as stack:
     while not os.path.exists(stop):
         writer.add_scalar("train/loss", 1.0 / (step + 1), step)
         step += 1
-        time.sleep(0.2)
+        time.sleep(2.0)
     writer.close()
     if watch:
         board.wait(120)
@@ -64,7 +66,8 @@ def test_a_training_script_using_autostart_gets_the_hint_on_its_stderr(tb_env, t
     logdir, stop = tmp_path / "logs", tmp_path / "stop"
     trainer = tb_env.spawn([sys.executable, "-c", BUFFERING_TRAINER, str(logdir / "run1"), str(stop), str(logdir)],
                            env={"TB_LAZY_HINT_AFTER": "2"})
-    assert wait_for(lambda: _hints(trainer.stderr), timeout=120), f"no hint; stderr: {trainer.stderr}"
+    assert wait_for(lambda: _hints(trainer.stderr), timeout=120), \
+        f"no hint; stderr: {trainer.stderr}; stdout: {trainer.stdout}"
     stop.touch()
     assert trainer.wait(timeout=120) == 0, trainer.stderr
     assert len(trainer.stdout) == 1 and URL_LINE.fullmatch(trainer.stdout[0]), trainer.stdout

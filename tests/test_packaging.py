@@ -103,13 +103,15 @@ def test_importing_every_tb_lazy_module_loads_no_training_module():
     """A real interpreter: the idle watcher stays light, and the base install can run it."""
     code = (
         "import importlib, pkgutil, sys, tb_lazy\n"
-        "for m in pkgutil.iter_modules(tb_lazy.__path__):\n"
-        "    if m.name != '__main__':\n"
-        "        importlib.import_module('tb_lazy.' + m.name)\n"
+        "for m in pkgutil.walk_packages(tb_lazy.__path__, 'tb_lazy.'):\n"
+        "    if m.name != 'tb_lazy.__main__':\n"
+        "        importlib.import_module(m.name)\n"
         "print(sorted({n.split('.')[0] for n in sys.modules}))\n"
+        "print(sorted(n for n in sys.modules if n.startswith('tb_lazy.')))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    loaded = set(ast.literal_eval(result.stdout))
-    assert "tb_lazy" in loaded
+    top, ours = (ast.literal_eval(line) for line in result.stdout.splitlines())
+    loaded = set(top)
+    assert "tb_lazy" in loaded and {"tb_lazy.detect.detect", "tb_lazy.state.registry"} <= set(ours)
     assert loaded.isdisjoint(TRAINING_ONLY), loaded & TRAINING_ONLY

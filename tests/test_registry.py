@@ -12,8 +12,8 @@ import sys
 import pytest
 from conftest import free_port, get_json, wait_for, write_scalar
 
-from tb_lazy import registry, watchers
-from tb_lazy.infofiles import logdir_spec_folders
+from tb_lazy.state import registry, watchers
+from tb_lazy.state.infofiles import logdir_spec_folders
 
 
 @pytest.fixture

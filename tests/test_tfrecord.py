@@ -6,8 +6,8 @@ import io
 
 from conftest import header_only, write_scalar
 
-from tb_lazy.rundata import RunData
-from tb_lazy.tfrecord import Progress, crc32c, masked_crc32c
+from tb_lazy.detect.rundata import RunData
+from tb_lazy.detect.tfrecord import Progress, crc32c, masked_crc32c
 
 
 def test_crc32c_matches_the_published_check_value():

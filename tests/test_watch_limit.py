@@ -22,16 +22,16 @@ from types import SimpleNamespace
 import pytest
 from conftest import REPO, Proc, wait_for, write_scalar
 
-from tb_lazy.detect import wait_for_new_data
-from tb_lazy.observe import FALLBACK_POLL, make_observer
+from tb_lazy.detect.detect import wait_for_new_data
+from tb_lazy.detect.observe import FALLBACK_POLL, make_observer
 
 LIMIT = 10  # inotify watches in the namespace: the root, a few folders, and room for a few more
 
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from tb_lazy.detect import wait_for_new_data
-from tb_lazy.observe import make_observer
+from tb_lazy.detect.detect import wait_for_new_data
+from tb_lazy.detect.observe import make_observer
 
 logdir, ready, limit = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 Path("/proc/sys/user/max_inotify_watches").write_text(limit)

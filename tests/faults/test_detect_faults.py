@@ -25,8 +25,8 @@ from conftest import (
 )
 
 from tb_lazy.cli import main
-from tb_lazy.rundata import RunData
-from tb_lazy.tfrecord import Progress
+from tb_lazy.detect.rundata import RunData
+from tb_lazy.detect.tfrecord import Progress
 
 pytestmark = pytest.mark.faults
 

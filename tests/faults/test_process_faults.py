@@ -211,7 +211,9 @@ def test_state_files_of_any_shape_are_skipped_with_one_warning(tb_env):
     info_dir = Path(tb_env.env["TMPDIR"]) / ".tensorboard-info"
     info_dir.mkdir(exist_ok=True)
     (info_dir / "pid-7.info").write_text('{"pid": "7", "port": null}')
-    old_tmp, fresh_tmp = folder / ".8.123-ab.json.tmp", folder / ".9.456-cd.json.tmp"
+    # temporaries of this (live) process: the old one goes by its age, the fresh one stays
+    old_tmp, fresh_tmp = (folder / f".tmp_{n}.json_{os.getpid()}_{token}"
+                          for n, token in ((8, "0123abcd"), (9, "4567cdef")))
     for tmp in (old_tmp, fresh_tmp):
         tmp.write_text('{"pid": 8')
     os.utime(old_tmp, (time.time() - 3600, time.time() - 3600))

@@ -1,11 +1,13 @@
-"""Atomic, unique writes and the cleanup of what interrupted ones leave behind.
+"""Atomic, unique writes and the cleanup of what interrupted ones leave behind: the one scheme
+for tb_lazy's state files and mlx_train's checkpoints, caches and data files.
 
 A temporary is a hidden sibling of its target, ``.tmp_<target name>_<pid>_<8 hex>``: two
 processes writing the same target never share one, and a rename (``os.replace`` for a file)
 puts it into place whole. The PID in the name lets the next run tell a leftover of a dead writer
 from one a live writer is still filling. PIDs are reused, so a PID alone proves nothing: a live
-process counts as the writer only if it started before the leftover was last modified (psutil's
-start time), which any real writer did.
+process counts as the writer only if it started before the leftover was last modified
+(`tb_lazy.process.start_wall_time`, on the boot clock where there is one), which any real
+writer did.
 """
 
 from __future__ import annotations
@@ -21,14 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import psutil
+from tb_lazy.process import START_TIME_SLACK, pid_alive, start_wall_time
 
 __all__ = ["Leftover", "atomic_file", "clean_leftovers", "find_leftovers", "is_stale", "remove", "temp_path",
            "writer_gone"]
 
 # .tmp_<name>_<pid>_<token>; older checkpoint saves wrote .tmp_<name>_<pid> (no token)
 LEFTOVER_RE = re.compile(r"\.(?P<kind>tmp|old|del)_(?P<name>.+?)_(?P<pid>\d{1,10})(?:_(?P<token>[0-9a-f]{8}))?")
-START_TIME_SLACK = 2.0   # seconds: a process's start time is known to ~1 s (boot time is whole seconds)
 
 
 def temp_path(target: Path, *, kind: str = "tmp") -> Path:
@@ -90,15 +91,10 @@ def find_leftovers(folder: Path, *, names: re.Pattern[str] | None = None) -> lis
 def writer_gone(pid: int, *, modified: float) -> bool:
     """True when no live process with ``pid`` can be the writer of something last modified
     at ``modified`` (a Unix time): the PID is free, a zombie, or a process started later."""
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return True
-        return process.create_time() > modified + START_TIME_SLACK
-    except (psutil.NoSuchProcess, ValueError, OverflowError):
+    if not pid_alive(pid):        # a free PID (or out of range), or a zombie
         return True
-    except psutil.Error:          # can't tell (access denied): keep it
-        return False
+    start = start_wall_time(pid)
+    return start is not None and start > modified + START_TIME_SLACK   # None: can't tell, keep it
 
 
 def is_stale(leftover: Leftover, *, max_age: float | None = None) -> bool:

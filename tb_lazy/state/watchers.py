@@ -16,7 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tb_lazy.statefiles import private_dir, remove_old_tmp, state_dir
+from tb_lazy.atomic import temp_path
+from tb_lazy.state.statefiles import private_dir, remove_old_tmp, state_dir
 
 
 def watchers_dir() -> Path:
@@ -35,7 +36,7 @@ def watching(logdir: Path) -> Iterator[int]:
     remove_old_tmp(folder)
     path = folder / f"{os.getpid()}.json"
     ready_marker(folder).unlink(missing_ok=True)  # a dead watcher's of the same PID
-    tmp = folder / f".{os.getpid()}.json.tmp"
+    tmp = temp_path(path)
     entry = {"pid": os.getpid(), "logdir": os.fspath(logdir), "since": time.time_ns()}
     with open(tmp, "w", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # the lock is on the file itself: it moves with the rename

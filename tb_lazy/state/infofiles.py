@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tb_lazy.instance import Instance
 from tb_lazy.process import check_time, is_mine, socket_states, started_no_later_than, working_folder
-from tb_lazy.statefiles import NotMine, load_json, pid_and_port
+from tb_lazy.state.instance import Instance
+from tb_lazy.state.statefiles import NotMine, load_json, pid_and_port
 
 
 def _info_dir() -> Path:

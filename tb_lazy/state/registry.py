@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tb_lazy.infofiles import logdir_spec_folders, tensorboard_infos
-from tb_lazy.instance import Instance
 from tb_lazy.launch import data_location
 from tb_lazy.messages import note
 from tb_lazy.process import Identity, check_time, is_running, is_stopped, socket_states, stop_process, working_folder
-from tb_lazy.statefiles import (
+from tb_lazy.state.infofiles import logdir_spec_folders, tensorboard_infos
+from tb_lazy.state.instance import Instance
+from tb_lazy.state.statefiles import (
     NotMine,
     load_json,
     pid_and_port,
@@ -37,7 +37,7 @@ from tb_lazy.statefiles import (
     warn_bad,
     write_atomically,
 )
-from tb_lazy.watchers import covering_watch, launch_lock, watching
+from tb_lazy.state.watchers import covering_watch, launch_lock, watching
 
 __all__ = ["Instance", "add", "covering_watch", "find_serving", "launch_lock", "new_log_file", "remove", "running",
            "state_dir", "state_of", "stop", "stop_recorded", "watching"]

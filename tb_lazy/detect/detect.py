@@ -29,8 +29,7 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from tb_lazy.messages import note
-from tb_lazy.observe import (
+from tb_lazy.detect.observe import (
     FALLBACK_POLL,
     NETWORK_FILE_SYSTEMS,
     InotifyShort,
@@ -41,7 +40,8 @@ from tb_lazy.observe import (
     unwatched,
     warn_polling,
 )
-from tb_lazy.rundata import RunData
+from tb_lazy.detect.rundata import RunData
+from tb_lazy.messages import note
 
 SLICE = 0.2  # seconds between checks of stop conditions while waiting
 # Only the events the handler uses. Without a filter inotify also reports every folder

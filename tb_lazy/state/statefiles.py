@@ -1,5 +1,5 @@
 """tb_lazy's state folder and the small JSON files in it (and TensorBoard's own): where they
-live, how they are written (atomically, under unique temporary names) and read (size-capped,
+live, how they are written (atomically, `tb_lazy.atomic`) and read (size-capped,
 every failure a ValueError, files of other users never), and the one warning per run about
 those of the wrong shape.
 
@@ -12,17 +12,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import time
 from pathlib import Path
 from typing import Any
 
+from tb_lazy.atomic import atomic_file, clean_leftovers
 from tb_lazy.config import UsageError
 from tb_lazy.messages import warn
 from tb_lazy.process import check_pid
 
 MAX_STATE_FILE = 64 * 1024  # bytes; a record or info file larger than this is not one
-TMP_AGE = 60.0  # seconds after which a ``.*.json.tmp`` left by a failed write is removed
+TMP_AGE = 60.0  # seconds after which a temporary left by a failed write is removed, its writer alive or not
 _warned: set[str] = set()  # bad state files already reported by this process
 
 
@@ -79,27 +78,14 @@ def _user(uid: int) -> str:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.json.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with atomic_file(path) as handle:
+        handle.write(text)
 
 
 def remove_old_tmp(folder: Path) -> None:
-    """Remove ``.*.json.tmp`` files that failed writes left behind (not ones being written now)."""
-    cutoff = time.time() - TMP_AGE
+    """Remove the temporaries failed writes left behind (not ones being written now)."""
     with contextlib.suppress(OSError):
-        for tmp in folder.glob(".*.json.tmp"):
-            with contextlib.suppress(OSError):
-                if tmp.stat().st_mtime < cutoff:
-                    tmp.unlink()
+        clean_leftovers(folder, max_age=TMP_AGE)
 
 
 def load_json(path: Path) -> Any:

@@ -23,7 +23,7 @@ import stat
 import time
 from typing import BinaryIO
 
-from tb_lazy.tfrecord import Progress, is_record_start
+from tb_lazy.detect.tfrecord import Progress, is_record_start
 
 CLOCK_SLACK = 0.05  # seconds: file times are coarser than time.time() (a kernel tick)
 _HEAD = 64  # bytes: the header record, with its wall time, tells a rewritten file from the old one
