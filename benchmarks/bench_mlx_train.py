@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +24,7 @@ import time
 from pathlib import Path
 
 from mlx_train.blas import blas_note, find_openblas, reexec_with_fast_blas
+from mlx_train.launch import ring_port
 
 
 def spread(xs: list[float], fmt: str = "{:.2f}") -> str:
@@ -289,25 +288,6 @@ RANKS_MODEL = ["--preset", "tiny", "--hidden_size", "256", "--num_layers", "4", 
                "--intermediate_size", "768", "--vocab_size", "2048", "--seq_len", "256",
                "--batch_size", "8", "--warmup_steps", "2", "--log_interval", "5",
                "--eval_interval", "1000", "--save_interval", "1000", "--sample_tokens", "0"]
-
-
-def ring_port() -> int:
-    """A port p with p and p+1 free on loopback, below the ephemeral range (as the tests pick it)."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, min(low, 32768) - 2)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise SystemExit("no two consecutive free ports")
 
 
 def tokens_per_sec(stderr: str) -> float:

@@ -31,10 +31,12 @@ keep the user's ``TMPDIR``.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,7 +49,7 @@ from typing import Any
 
 from tb_lazy.atomic import writer_gone
 
-__all__ = ["RankExit", "blame", "clean_stale_launches", "main", "parse_rank_exit"]
+__all__ = ["RankExit", "blame", "clean_stale_launches", "main", "parse_rank_exit", "ring_port"]
 
 GRACE = 10.0        # seconds the ranks get to end after SIGTERM before SIGKILL
 GUARDED = "from mlx_train.launch import _guarded_mlx_launch; _guarded_mlx_launch()"
@@ -155,6 +157,27 @@ class _Relay:
             return True
         self._after_traceback = False
         return False
+
+
+def ring_port() -> int:
+    """For ``-p`` of local runs: a port p with p and p+1 free on loopback (the ring's two ranks
+    listen on both), below the ephemeral range: there the ranks' own outgoing connections could
+    take it before a rank binds."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's usual start of the ephemeral range
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, min(low, 32768) - 2)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
 
 
 def clean_stale_launches(base: Path | None = None) -> list[Path]:

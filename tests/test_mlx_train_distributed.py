@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ from conftest import REPO, isolated_env, tensorboard_pids, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlx_train.datagen import write_all
+from mlx_train.launch import ring_port
 
 RTOL = 1e-4
 TINY = ["--preset", "tiny", "--hidden_size", "64", "--num_heads", "4", "--intermediate_size", "128",
@@ -31,26 +30,6 @@ TINY = ["--preset", "tiny", "--hidden_size", "64", "--num_heads", "4", "--interm
         "--log_interval", "1", "--eval_interval", "3", "--save_interval", "3", "--eval_batches", "2",
         "--sample_tokens", "8", "--keep_last", "10"]
 RUN = "r"          # the run every trainer() here trains or resumes
-
-
-def ring_port() -> int:
-    """A port p with p and p+1 free on loopback (the ring's two ranks listen on both), below the
-    ephemeral range: there the ranks' own outgoing connections could take it before a rank binds."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768  # Linux's usual start of the ephemeral range
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, min(low, 32768) - 2)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
 
 
 def launcher(n: int = 2) -> list[str]:
