@@ -203,6 +203,10 @@ def _guarded_mlx_launch() -> None:
     the guard on pipe FD, send the local ranks' pidfiles and hostfiles to folder PRIVATE, then
     run ``mlx.launch ARGS...``."""
     fd, private = int(sys.argv.pop(1)), sys.argv.pop(1)
+    # mlx.launch's own lines ("[WARN] Node with rank N exited ...") in one write each: under
+    # PYTHONUNBUFFERED, print() writes its pieces one by one, and the ranks' output, which
+    # mlx.launch copies to the same stderr from another thread, could land between them
+    sys.stderr.reconfigure(line_buffering=True, write_through=False)
     threading.Thread(target=_die_with_wrapper, args=(fd,), daemon=True).start()
     from mlx._distributed_utils import launch as mlx_launch
 

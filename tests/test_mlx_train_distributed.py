@@ -66,7 +66,8 @@ def strays() -> list[str]:
 
 def env_for(root: Path) -> dict[str, str]:
     env = isolated_env(root)
-    env.update(TB_AUTO="0", OPENBLAS_NUM_THREADS="1", TMPDIR=str(TMPDIR))
+    # PYTHONUNBUFFERED as in many containers: mlx.launch's warnings must still be whole lines
+    env.update(TB_AUTO="0", OPENBLAS_NUM_THREADS="1", TMPDIR=str(TMPDIR), PYTHONUNBUFFERED="1")
     return env
 
 
