@@ -196,25 +196,27 @@ def model_flops_per_token(config: dict, seq_len: int) -> float:
 def profile_step(*, preset: str, shapes: list[tuple[int, int]], reps: int) -> None:
     """Where a training step's time goes, in this process: for batches of ``shapes`` (rows,
     positions) of random tokens, the median time of a whole compiled step (forward, backward,
-    AdamW update), of forward and backward alone, and of the compiled AdamW update alone,
-    beside the time the step's matmul FLOPs would take at the sgemm rate measured here."""
+    gradient norm, AdamW update) and of forward and backward alone; and, on gradients of real
+    values, the AdamW update as mlx_train runs it (two halves on two CPU streams) and as one
+    compiled ``optimizer.update``, and the global gradient norm. Beside them, the time the
+    step's matmul FLOPs would take at the sgemm rate measured here."""
     from functools import partial
 
     import mlx.core as mx
     import mlx.optimizers as optim
     import numpy as np
-    from mlx.utils import tree_map
+    from mlx.utils import tree_flatten, tree_map
 
     from mlx_train.config import PRESETS
     from mlx_train.model import build_model, count_params, model_config
     from mlx_train.stages import lm_loss
-    from mlx_train.trainer import make_step
+    from mlx_train.step import make_step, split_update
 
     dims = dict(PRESETS[preset])
     vocab = dims.pop("vocab_size")
     model = build_model(model_config(dims, vocab_size=vocab, max_len=256, eos_token_ids=[0]))
     optimizer = optim.AdamW(learning_rate=1e-5)
-    step = make_step(model, optimizer, lm_loss, accum_steps=1, grad_clip=0.0)
+    step = make_step(model, optimizer, lm_loss, accum_steps=1, grad_clip=1.0)
     grads_only = make_step(model, optimizer, lm_loss, accum_steps=2, grad_clip=0.0)   # update=False: no update
     config = {"hidden_size": dims["hidden_size"], "num_hidden_layers": dims["num_layers"],
               "intermediate_size": dims["intermediate_size"], "num_attention_heads": dims["num_heads"],
@@ -232,17 +234,27 @@ def profile_step(*, preset: str, shapes: list[tuple[int, int]], reps: int) -> No
         times = [[timed(fn) for fn in fns] for _ in range(reps + 2)][2:]
         return [statistics.median(t[k] for t in times) for k in range(len(fns))]
 
-    grads = tree_map(lambda p: mx.full(p.shape, 1e-3, p.dtype), model.parameters())
+    # real values: a broadcast constant (mx.full) would be read for free and flatter the update
+    grads = tree_map(lambda p: mx.random.normal(p.shape, p.dtype) * 1e-3, model.trainable_parameters())
+    mx.eval(grads)
     state = [model.state, optimizer.state]
+    split = split_update(model, optimizer)
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def update(g):
+    def one_update(g):
         optimizer.update(model, g)
 
-    adamw, = medians(lambda: (update(grads), model.state, optimizer.state)[1:])
+    @mx.compile
+    def grad_norm(g):
+        return mx.sqrt(sum(mx.square(x).sum() for _, x in tree_flatten(g)))
+
+    two, one, norm = medians(lambda: (split(grads, mx.array(1.0)), model.state, optimizer.state)[1:],
+                             lambda: (one_update(grads), model.state, optimizer.state)[1:],
+                             lambda: grad_norm(grads))
     print(f"one training step, {preset} preset ({count_params(model) / 1e6:.1f}M parameters), NumPy sgemm "
           f"{peak:.0f} GFLOP/s here; medians of {reps}")
-    print(f"  AdamW update alone (compiled): {adamw:.3f} s")
+    print(f"  AdamW update: {two:.3f} s as mlx_train runs it (two halves, two CPU streams), {one:.3f} s as one "
+          f"compiled optimizer.update; global gradient norm {norm:.3f} s")
     for rows, positions in shapes:
         rng = np.random.default_rng(0)
         batch = {"tokens": mx.array(rng.integers(0, vocab, (rows, positions + 1), dtype=np.int32)),

@@ -1,6 +1,6 @@
-"""The training loop shared by every stage: a compiled MLX step (model, optimizer and RNG
-state; gradient accumulation and clipping; one ``mx.eval`` per step; host sync only when
-logging), warm-up + cosine learning rate, evaluation with a text sample, checkpoints.
+"""The training loop shared by every stage: the compiled step of `mlx_train.step` (gradient
+accumulation and clipping; one ``mx.eval`` per step; host sync only when logging), warm-up +
+cosine learning rate, evaluation with a text sample, checkpoints.
 
 Data parallel (`mlx_train.distributed`): every rank takes its own slice of each global batch,
 gradients are averaged across ranks before clipping, and metrics are reduced so that rank 0
@@ -24,7 +24,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_map
 
 from mlx_train.config import PRESETS, TrainConfig
 from mlx_train.data import DataError, Dataset, JsonlSource
@@ -32,11 +31,11 @@ from mlx_train.distributed import SINGLE, World
 from mlx_train.heldout import split_indices
 from mlx_train.packing import epoch_batches
 from mlx_train.stages import LossFn
+from mlx_train.step import make_step
 from mlx_train.tblog import TBLogger
 from mlx_train.tokenizer import Tok
 
-__all__ = ["Position", "epoch_plan", "evaluate", "fit", "generate_sample", "get_lr", "make_step",
-           "micro_batches"]
+__all__ = ["Position", "epoch_plan", "evaluate", "fit", "generate_sample", "get_lr", "micro_batches"]
 
 
 @dataclass
@@ -99,35 +98,6 @@ def micro_batches(data: Dataset, source: JsonlSource | None, pos: Position, *,
             pos.batch += 1
             yield data.collate(world.shard(plan[b]))    # packed first, then sharded by row
         pos.epoch, pos.batch = pos.epoch + 1, 0
-
-
-def make_step(model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, *,
-              accum_steps: int, grad_clip: float, frozen: Sequence[Any] = (),
-              world: World = SINGLE) -> Callable:
-    """The compiled training step ``step(batch, grad_acc, update) -> (loss, ntoks, metrics,
-    grad_norm, grad_acc)``; ``frozen`` are extra read-only states (the DPO reference model).
-    Gradients are averaged over the ranks of ``world`` before clipping (as mlx-lm does: each
-    rank's loss is the mean over its own slice)."""
-    loss_and_grad = nn.value_and_grad(model, loss_fn)
-    state = [model.state, optimizer.state, mx.random.state]
-    clip = grad_clip if grad_clip > 0 else float("inf")
-
-    @partial(mx.compile, inputs=[*state, *frozen], outputs=state)
-    def step(batch: dict[str, mx.array], grad_acc: Any, update: bool):
-        (loss, ntoks, metrics), grad = loss_and_grad(model, batch)
-        if grad_acc is not None:
-            grad = tree_map(lambda g, a: g + a, grad, grad_acc)
-        if not update:
-            return loss, ntoks, metrics, mx.array(0.0), grad
-        if accum_steps > 1:
-            grad = tree_map(lambda g: g / accum_steps, grad)
-        if world.size > 1:
-            grad = nn.average_gradients(grad, group=world.group)
-        grad, norm = optim.clip_grad_norm(grad, clip)
-        optimizer.update(model, grad)
-        return loss, ntoks, metrics, norm, None
-
-    return step
 
 
 def evaluate(model: nn.Module, loss_fn: LossFn, data: Dataset, *, batch_size: int,
@@ -270,17 +240,20 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
         # ---- one optimizer step: accum micro-batches, the last one updates ----
         lr = lr_of(pos.step, total=total)
         optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
+        logs = (pos.step + 1) % cfg.log_interval == 0 or pos.step + 1 >= total   # (as below)
         grad_acc = None
         for micro in range(accum):
             host = next(batches)
             pending_real += int(host.pop("real_tokens").sum())       # padding excluded
             batch = {k: mx.array(v) for k, v in host.items()}
-            loss, ntoks, metrics, grad_norm, grad_acc = step(batch, grad_acc, micro == accum - 1)
+            loss, ntoks, metrics, grad_norm, grad_acc = step(batch, grad_acc, micro == accum - 1,
+                                                             norm=logs)
             win_loss = win_loss + loss
             win_trained = win_trained + ntoks                    # loss-bearing targets
             win_metrics = {k: win_metrics.get(k, 0.0) + v for k, v in metrics.items()}
             win_micro += 1
-            mx.eval(state, win_loss, win_metrics, win_trained, grad_norm, grad_acc)
+            mx.eval(state, win_loss, win_metrics, win_trained,
+                    *(a for a in (grad_norm, grad_acc) if a is not None))
         pos.step += 1
         if cfg.max_steps == 0 and pos.epoch != epoch_before:    # data may have grown
             total, epoch_before = max(total_steps(), pos.step), pos.epoch
@@ -297,20 +270,22 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
             elapsed = time.perf_counter() - win_start
             steps_in_window = win_micro / accum
             values = {"train/loss": win_loss.item() / win_micro, "train/lr": lr,
-                      "train/grad_norm": grad_norm.item(),
                       "train/tokens_per_sec": win_real / max(elapsed, 1e-9),
                       "train/trained_tokens_per_sec": win_trained.item() / max(elapsed, 1e-9),
                       "train/step_time": elapsed / max(steps_in_window, 1e-9),
                       "train/epoch": _epoch_progress(pos, batches_in(pos.epoch_samples, pos.epoch)),
                       "train/tokens_seen": pos.tokens_seen,
                       "train/peak_memory_gb": _peak_memory_gb()}
+            if grad_norm is not None:   # (None only if the step count changed since the step began)
+                values["train/grad_norm"] = grad_norm.item()
             values.update({k: v.item() / win_micro for k, v in win_metrics.items()})
             log.scalars(pos.step, values)
             eta = (total - pos.step) * elapsed / max(steps_in_window, 1e-9)
             extra = "".join(f" | {k.split('/')[-1]} {v:.3f}" for k, v in values.items()
                             if k.startswith("dpo/"))
             report(f"[{cfg.task}] step {pos.step}/{total} | loss {values['train/loss']:.4f}{extra}"
-                   f" | lr {lr:.2e} | grad {values['train/grad_norm']:.2f}"
+                   f" | lr {lr:.2e}"
+                   + (f" | grad {grad_norm.item():.2f}" if grad_norm is not None else "") +
                    f" | {values['train/tokens_per_sec']:,.0f} tok/s (real)"
                    f" | {values['train/trained_tokens_per_sec']:,.0f} tok/s (trained)"
                    f" | ETA {_fmt_time(eta)}")

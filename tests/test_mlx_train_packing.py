@@ -33,8 +33,9 @@ from mlx_train.packing import (
     segment_mask,
 )
 from mlx_train.stages import lm_loss
+from mlx_train.step import make_step
 from mlx_train.tokenizer import Tok, render_chat, train_tokenizer
-from mlx_train.trainer import Position, epoch_plan, evaluate, make_step, micro_batches
+from mlx_train.trainer import Position, epoch_plan, evaluate, micro_batches
 
 SEQ = 256
 
