@@ -1,6 +1,7 @@
 """Benchmark: one SFT epoch of mlx_train, packed and unpacked, against the real ``mlx_lm.lora
 --fine-tune-type full`` on the same model, data, batch, sequence length and optimizer; MFU of the
-pretrain stage against a NumPy sgemm measured in the same run; one process against two ranks
+pretrain stage against a NumPy sgemm measured in the same run, with a profile of one step and of one
+layer operation by operation; one process against two ranks
 under ``mlx.launch`` (ring backend, loopback) on the same cores; and the wall time of a smoke run.
 
     python benchmarks/bench_mlx_train.py [--quick] [--reps 5] [--skip-smoke] [--skip-ranks] [--skip-mfu]
@@ -268,6 +269,66 @@ def profile_step(*, preset: str, shapes: list[tuple[int, int]], reps: int) -> No
               f"{flops / whole / 1e9 / peak:.2f})")
 
 
+def profile_layer(*, preset: str, rows: int, positions: int, reps: int) -> None:
+    """Where one decoder layer's forward+backward goes, operation by operation, on a packed batch
+    (``rows`` x ``positions``, conversations of 40 tokens under the block-diagonal mask): each
+    matmul group against the elementwise work around it, and the cost per element of MLX's CPU
+    ``exp`` (behind SiLU and softmax) beside an add's."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm.models.activations import swiglu
+
+    from mlx_train.config import PRESETS
+    from mlx_train.packing import segment_mask
+
+    dims = PRESETS[preset]
+    D, F, H = dims["hidden_size"], dims["intermediate_size"], dims["num_heads"]
+    hd = D // H
+    mx.random.seed(0)
+
+    def median_ms(fn, *args) -> float:
+        for _ in range(3):
+            mx.eval(fn(*args))
+        times = []
+        for _ in range(reps * 4):
+            tic = time.perf_counter()
+            mx.eval(fn(*args))
+            times.append(time.perf_counter() - tic)
+        return statistics.median(times) * 1e3
+
+    def fwd_bwd(f, n):
+        """Compiled gradient of sum(f(...)) with respect to its first ``n`` arguments."""
+        return mx.compile(mx.grad(lambda *a: f(*a).sum(), argnums=tuple(range(n))))
+
+    x = mx.random.normal((rows, positions, D))
+    w_in, w_out = mx.random.normal((D, F)) * 0.02, mx.random.normal((F, D)) * 0.02
+    gate, up = mx.random.normal((rows, positions, F)), mx.random.normal((rows, positions, F))
+    w_qkvo = mx.random.normal((D, D)) * 0.02
+    q, k, v = (mx.random.normal((rows, H, positions, hd)) for _ in range(3))
+    segments = mx.array(np.arange(rows * positions).reshape(rows, positions) // 40 + 1, dtype=mx.int32)
+    mask = segment_mask(segments)
+    norm_w = mx.ones((D,))
+    flat = mx.random.normal((rows * positions * F,))
+    mx.eval(x, w_in, w_out, gate, up, w_qkvo, q, k, v, mask, norm_w, flat)
+    ops = {
+        "MLP matmuls (3)": (fwd_bwd(lambda x, a, b, c: ((x @ a) * (x @ b)) @ c, 4), (x, w_in, w_in, w_out)),
+        "SwiGLU (silu(gate) * up)": (fwd_bwd(swiglu, 2), (gate, up)),
+        "attention projections (4)": (fwd_bwd(lambda x, w: ((x @ w) + (x @ w) + (x @ w)) @ w, 2), (x, w_qkvo)),
+        "attention core (QK^T, mask, softmax, PV)": (
+            fwd_bwd(lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5, mask=mask), 3),
+            (q, k, v)),
+        "RMSNorm x2": (fwd_bwd(lambda x, w: mx.fast.rms_norm(x, w, 1e-5) + mx.fast.rms_norm(x, w, 1e-5), 2),
+                       (x, norm_w)),
+    }
+    print(f"one decoder layer of the {preset} preset, forward+backward, {rows} x {positions} packed positions "
+          f"(medians of {reps * 4}):")
+    for name, (fn, args) in ops.items():
+        print(f"  {name:<42} {median_ms(fn, *args):7.2f} ms")
+    exp_ms, add_ms = median_ms(mx.exp, flat), median_ms(lambda a: a + 1.0, flat)
+    print(f"  MLX CPU exp: {exp_ms * 1e6 / flat.size:.1f} ns a float, an add {add_ms * 1e6 / flat.size:.1f} ns "
+          f"(one thread each; a SwiGLU forward takes one exp per element, a softmax one per score)")
+
+
 def bench_mfu(tmp: Path, *, preset: str, steps: int, reps: int) -> None:
     """Model FLOP/s of the pretrain stage (rows of seq_len tokens, no padding) over NumPy's sgemm
     GFLOP/s measured right before each run: a peak this machine reaches now."""
@@ -381,6 +442,7 @@ def main() -> int:
             bench_mfu(Path(tmp), preset="tiny" if args.quick else "small", steps=10 if args.quick else 25,
                       reps=args.reps)
         profile_step(preset="tiny" if args.quick else "small", shapes=[(1, 320), (8, 96), (8, 256)], reps=args.reps)
+        profile_layer(preset="tiny" if args.quick else "small", rows=2, positions=160, reps=args.reps)
     if not args.skip_ranks:
         with tempfile.TemporaryDirectory() as tmp:
             bench_ranks(Path(tmp), steps=10 if args.quick else 25, reps=args.reps)
