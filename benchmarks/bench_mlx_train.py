@@ -273,12 +273,14 @@ def profile_layer(*, preset: str, rows: int, positions: int, reps: int) -> None:
     """Where one decoder layer's forward+backward goes, operation by operation, on a packed batch
     (``rows`` x ``positions``, conversations of 40 tokens under the block-diagonal mask): each
     matmul group against the elementwise work around it, and the cost per element of MLX's CPU
-    ``exp`` (behind SiLU and softmax) beside an add's."""
+    ``exp`` (behind SiLU and softmax) beside an add's. mlx_train's training forward pass
+    (`mlx_train.forward`) uses its own SwiGLU; the rest is mlx-lm's."""
     import mlx.core as mx
     import numpy as np
     from mlx_lm.models.activations import swiglu
 
     from mlx_train.config import PRESETS
+    from mlx_train.forward import swiglu as fast_swiglu
     from mlx_train.packing import segment_mask
 
     dims = PRESETS[preset]
@@ -312,7 +314,8 @@ def profile_layer(*, preset: str, rows: int, positions: int, reps: int) -> None:
     mx.eval(x, w_in, w_out, gate, up, w_qkvo, q, k, v, mask, norm_w, flat)
     ops = {
         "MLP matmuls (3)": (fwd_bwd(lambda x, a, b, c: ((x @ a) * (x @ b)) @ c, 4), (x, w_in, w_in, w_out)),
-        "SwiGLU (silu(gate) * up)": (fwd_bwd(swiglu, 2), (gate, up)),
+        "SwiGLU, mlx-lm's (silu(gate) * up)": (fwd_bwd(swiglu, 2), (gate, up)),
+        "SwiGLU, mlx_train's (exp from fast_exp)": (fwd_bwd(fast_swiglu, 2), (gate, up)),
         "attention projections (4)": (fwd_bwd(lambda x, w: ((x @ w) + (x @ w) + (x @ w)) @ w, 2), (x, w_qkvo)),
         "attention core (QK^T, mask, softmax, PV)": (
             fwd_bwd(lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5, mask=mask), 3),

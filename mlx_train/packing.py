@@ -25,14 +25,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 
 from mlx_train.data import PAD_MULTIPLE, R1_TAG_WEIGHT, ChatData, Dataset, PackedText, PairData
 from mlx_train.tokenizer import Tok
 
 __all__ = ["GROUP_BATCHES", "GroupedPairs", "PackedChat", "epoch_batches", "group_by_length", "make_dataset",
-           "pack", "packed_forward", "segment_mask"]
+           "pack", "segment_mask"]
 
 GROUP_BATCHES = 16   # length grouping sorts windows of this many batches of the shuffled order
 
@@ -152,7 +151,6 @@ def make_dataset(task: str, tok: Tok, seq_len: int, *, packing: bool = False) ->
     return kind(tok, seq_len, tag_weight=R1_TAG_WEIGHT if task == "r1" else 1.0)
 
 
-
 def segment_mask(segments: mx.array) -> mx.array:
     """Block-diagonal causal attention mask (R, 1, L, L), True where a query may attend a key:
     same segment, key not after query."""
@@ -160,20 +158,3 @@ def segment_mask(segments: mx.array) -> mx.array:
     causal = mx.tril(mx.ones((L, L), dtype=mx.bool_))                          # (L, L)
     same = segments[:, :, None] == segments[:, None, :]                         # (R, L, L)
     return (same & causal)[:, None]                                             # (R, 1, L, L)
-
-
-def packed_forward(model: nn.Module, inputs: mx.array, segments: mx.array) -> mx.array:
-    """Logits (R, L, V) of `mlx_lm.models.llama.Model` on packed ``inputs`` (R, L): its own
-    forward pass (embed, layers, norm, head) with the block-diagonal mask in place of the
-    causal one it would build."""
-    if getattr(model.args, "sliding_window", None):
-        raise ValueError("packing does not support sliding-window attention (train without --packing)")
-    inner = model.model
-    h = inner.embed_tokens(inputs)                                              # (R, L, D)
-    mask = segment_mask(segments)
-    for layer in inner.layers:
-        h = layer(h, mask)
-    h = inner.norm(h)
-    if model.args.tie_word_embeddings:
-        return inner.embed_tokens.as_linear(h)
-    return model.lm_head(h)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_train.packing import packed_forward
+from mlx_train.forward import forward
 
 __all__ = ["LossFn", "STAGES", "Stage", "lm_loss", "make_dpo_loss", "sequence_logps"]
 
@@ -23,7 +23,7 @@ LossFn = Callable[[nn.Module, Batch], tuple[mx.array, mx.array, dict[str, mx.arr
 def _token_logps(model: nn.Module, tokens: mx.array, segments: mx.array | None = None) -> mx.array:
     inputs = tokens[:, :-1]                                         # (R, L)
     # packed rows (mlx_train.packing): attention kept within each conversation of a row
-    logits = model(inputs) if segments is None else packed_forward(model, inputs, segments)
+    logits = forward(model, inputs, segments)
     logits = logits.astype(mx.float32)                              # (R, L, V)
     targets = tokens[:, 1:]                                         # (R, L)
     return -nn.losses.cross_entropy(logits, targets)               # (R, L)

@@ -16,7 +16,7 @@ the speed of memory, on one thread. Two things follow:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import mlx.core as mx
@@ -37,6 +37,12 @@ def _leaf(tree: Any, key: str) -> Any:
     return tree
 
 
+@lru_cache(maxsize=None)
+def _cpu_stream(i: int) -> mx.Stream:
+    """The i-th extra CPU stream of this process (a thread of its own), made once and reused."""
+    return mx.new_stream(mx.cpu)
+
+
 def split_update(model: nn.Module, optimizer: optim.Optimizer, *, parts: int = 2) -> Callable:
     """``update(grads, scale)``: ``optimizer.update(model, grads * scale)``, in ``parts`` compiled
     groups of parameters (balanced by size), each on a stream of its own when the default device
@@ -51,10 +57,9 @@ def split_update(model: nn.Module, optimizer: optim.Optimizer, *, parts: int = 2
         groups[g].append(key)
         load[g] += sizes[key]
     groups = [g for g in groups if g]
-    on_cpu = mx.default_device() == mx.cpu
-    streams = [mx.default_stream(mx.default_device())] + \
-        [mx.new_stream(mx.default_device()) if on_cpu else mx.default_stream(mx.default_device())
-         for _ in groups[1:]]
+    device = mx.default_device()
+    streams = [mx.default_stream(device)] + \
+        [_cpu_stream(i) if device == mx.cpu else mx.default_stream(device) for i in range(1, len(groups))]
     state = [model.state, optimizer.state]
 
     def compiled(keys: list[str]) -> Callable:

@@ -21,6 +21,7 @@ from mlx_train import train
 from mlx_train.data import ChatData, JsonlSource
 from mlx_train.datagen import write_all
 from mlx_train.distributed import World
+from mlx_train.forward import forward
 from mlx_train.heldout import split_indices
 from mlx_train.model import build_model, model_config
 from mlx_train.packing import (
@@ -29,7 +30,6 @@ from mlx_train.packing import (
     group_by_length,
     make_dataset,
     pack,
-    packed_forward,
     segment_mask,
 )
 from mlx_train.stages import lm_loss
@@ -137,7 +137,7 @@ def test_each_packed_conversation_gets_the_logits_it_gets_alone(files, tok):
     items = packed.plan(split_indices(len(packed))[0], batch_size=12)[0]
     rows = layout(packed, items)
     batch = packed.collate(items)
-    logits = packed_forward(model, mx.array(batch["tokens"][:, :-1]), mx.array(batch["segments"]))
+    logits = forward(model, mx.array(batch["tokens"][:, :-1]), mx.array(batch["segments"]))
     checked = 0
     for r, row in enumerate(rows):
         at = 0
