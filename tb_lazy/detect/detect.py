@@ -280,12 +280,17 @@ class _Waiter:
         if self.on_ready is not None:  # watches placed, second scan done: nothing written from now on is missed
             self.on_ready()
             self.on_ready = None
+        next_check = 0.0
         while True:
             changed, folders = self.handler.take()
             if found := _first_new(self.run, changed):
                 return found
-            if tree and (folders or suspects):
-                _check_watched(observer, watches, folders, suspects)
+            now = time.monotonic()
+            for folder in folders if tree else ():
+                suspects.setdefault(folder, now)
+            if suspects and now >= next_check and now - min(suspects.values()) >= WATCH_CHECK_DELAY:
+                _check_watched(observer, watches, [], suspects)
+                next_check = now + WATCH_CHECK_DELAY
             if self.handler.moved_on or self._relinked(anchor):
                 return _MOVED_ON
             if self.should_stop():  # one last look: a run that logged just before ending still counts
@@ -323,6 +328,10 @@ def _schedule(observer: BaseObserver, handler: _Handler, tree: Tree | None, anch
 
 
 WATCH_GRACE = 2.0  # seconds a folder may stay unwatched before it counts as missed (the watch limit)
+# Reading the kernel's watch list costs tens of milliseconds with 10,000 watches: new folders wait
+# this long before it is read (and it is read at most this often), so that an event file made in a
+# new folder is seen first, not after the read.
+WATCH_CHECK_DELAY = 0.25
 
 
 def _check_watched(
