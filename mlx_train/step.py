@@ -47,8 +47,7 @@ def split_update(model: nn.Module, optimizer: optim.Optimizer, *, parts: int = 2
     """``update(grads, scale)``: ``optimizer.update(model, grads * scale)``, in ``parts`` compiled
     groups of parameters (balanced by size), each on a stream of its own when the default device
     is the CPU (one stream elsewhere: a GPU runs each group wide anyway)."""
-    if not optimizer._initialized:                       # the state the groups refer to
-        optimizer.init(model.trainable_parameters())
+    optimizer.init(model.trainable_parameters())         # the state the groups refer to (kept if there)
     sizes = {k: v.size for k, v in tree_flatten(model.trainable_parameters())}
     groups: list[list[str]] = [[] for _ in range(parts)]
     load = [0] * parts
