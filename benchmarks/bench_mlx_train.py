@@ -303,30 +303,40 @@ def profile_layer(*, preset: str, rows: int, positions: int, reps: int) -> None:
         return mx.compile(mx.grad(lambda *a: f(*a).sum(), argnums=tuple(range(n))))
 
     x = mx.random.normal((rows, positions, D))
-    w_in, w_out = mx.random.normal((D, F)) * 0.02, mx.random.normal((F, D)) * 0.02
+    w_in, w_up, w_out = mx.random.normal((D, F)) * 0.02, mx.random.normal((D, F)) * 0.02, \
+        mx.random.normal((F, D)) * 0.02
     gate, up = mx.random.normal((rows, positions, F)), mx.random.normal((rows, positions, F))
-    w_qkvo = mx.random.normal((D, D)) * 0.02
+    w_qkvo = [mx.random.normal((D, D)) * 0.02 for _ in range(4)]   # four: equal ones would be computed once
     q, k, v = (mx.random.normal((rows, H, positions, hd)) for _ in range(3))
     segments = mx.array(np.arange(rows * positions).reshape(rows, positions) // 40 + 1, dtype=mx.int32)
     mask = segment_mask(segments)
     norm_w = mx.ones((D,))
     flat = mx.random.normal((rows * positions * F,))
-    mx.eval(x, w_in, w_out, gate, up, w_qkvo, q, k, v, mask, norm_w, flat)
+    mx.eval(x, w_in, w_up, w_out, gate, up, *w_qkvo, q, k, v, mask, norm_w, flat)
     ops = {
-        "MLP matmuls (3)": (fwd_bwd(lambda x, a, b, c: ((x @ a) * (x @ b)) @ c, 4), (x, w_in, w_in, w_out)),
+        "MLP matmuls (3)": (fwd_bwd(lambda x, a, b, c: ((x @ a) * (x @ b)) @ c, 4), (x, w_in, w_up, w_out)),
         "SwiGLU, mlx-lm's (silu(gate) * up)": (fwd_bwd(swiglu, 2), (gate, up)),
         "SwiGLU, mlx_train's (exp from fast_exp)": (fwd_bwd(fast_swiglu, 2), (gate, up)),
-        "attention projections (4)": (fwd_bwd(lambda x, w: ((x @ w) + (x @ w) + (x @ w)) @ w, 2), (x, w_qkvo)),
+        "attention projections (4)": (fwd_bwd(lambda x, a, b, c, d: ((x @ a) + (x @ b) + (x @ c)) @ d, 5),
+                                      (x, *w_qkvo)),
+        "attention matmuls alone (QK^T, PV)": (fwd_bwd(lambda q, k, v: (q @ k.swapaxes(-1, -2)) @ v, 3), (q, k, v)),
         "attention core (QK^T, mask, softmax, PV)": (
             fwd_bwd(lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5, mask=mask), 3),
             (q, k, v)),
         "RMSNorm x2": (fwd_bwd(lambda x, w: mx.fast.rms_norm(x, w, 1e-5) + mx.fast.rms_norm(x, w, 1e-5), 2),
                        (x, norm_w)),
     }
+    n = rows * positions
+    flops = {"MLP matmuls (3)": 3 * 2 * n * D * F, "attention projections (4)": 4 * 2 * n * D * D,
+             "attention matmuls alone (QK^T, PV)": 2 * 2 * rows * H * positions * positions * hd}
+    peak = sgemm_gflops()
     print(f"one decoder layer of the {preset} preset, forward+backward, {rows} x {positions} packed positions "
-          f"(medians of {reps * 4}):")
+          f"(medians of {reps * 4}; NumPy sgemm {peak:.0f} GFLOP/s):")
     for name, (fn, args) in ops.items():
-        print(f"  {name:<42} {median_ms(fn, *args):7.2f} ms")
+        t = median_ms(fn, *args)
+        rate = f"   {3 * flops[name] / t / 1e6:.0f} GFLOP/s, {3 * flops[name] / t / 1e6 / peak:.2f} of sgemm" \
+            if name in flops else ""        # backward: twice the forward's matmul FLOPs
+        print(f"  {name:<42} {t:7.2f} ms{rate}")
     exp_ms, add_ms = median_ms(mx.exp, flat), median_ms(lambda a: a + 1.0, flat)
     print(f"  MLX CPU exp: {exp_ms * 1e6 / flat.size:.1f} ns a float, an add {add_ms * 1e6 / flat.size:.1f} ns "
           f"(one thread each; a SwiGLU forward takes one exp per element, a softmax one per score)")
