@@ -204,6 +204,7 @@ def wait_for_new_data(
     waiter = _Waiter(logdir, RunData(since), timeout, should_stop, on_ready)
     observer = started(observer_factory, poll, logdir)
     found: Path | None = None
+    ended = False
     try:
         while True:
             try:
@@ -214,11 +215,13 @@ def wait_for_new_data(
                 observer = started(observer_factory, FALLBACK_POLL, logdir)
                 continue
             if found is not _MOVED_ON:
+                ended = True
                 return found
     finally:
-        if found is None:
+        if ended and found is None:
             _dispose(observer)
-        else:  # removing thousands of watches takes a while: don't hold up the launch for it
+        else:  # removing thousands of watches takes a while: don't hold up the launch for it, nor
+            # the exit after an exception (Ctrl-C): watchdog's stop joins its threads without a limit
             threading.Thread(target=_dispose, args=(observer,), name="tb_lazy-observer-stop", daemon=True).start()
 
 
@@ -255,12 +258,12 @@ class _Waiter:
         self.handler.moved_on = False
         self.handler.take()
         watches = _schedule(observer, self.handler, tree, os.path.realpath(anchor))
-        outcome = _MOVED_ON
+        outcome = None
         try:
             outcome = self._wait(observer, watches, tree, anchor)
             return outcome
         finally:
-            if outcome is _MOVED_ON:  # otherwise the whole observer is stopped next
+            if outcome is _MOVED_ON:  # otherwise (found, none, or an exception) the whole observer is stopped next
                 for watch in watches:
                     observer.unschedule(watch)
 
