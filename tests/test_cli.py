@@ -195,10 +195,20 @@ def test_sigterm_while_waiting_ends_the_watch_quietly(tb_env):
 def test_ctrl_c_while_waiting_exits_130(tb_env):
     import signal
 
-    watcher = tb_env.run("watch", str(tb_env.root / "logs"))
+    # Ctrl-C's default action in the watcher, however this test was started (a background job
+    # of a script starts with SIGINT ignored, and its children inherit that)
+    watcher = tb_env.run("watch", str(tb_env.root / "logs"), env={"PYTHONFAULTHANDLER": "1"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     tb_env.watching(watcher)
     os.kill(watcher.pid, signal.SIGINT)
-    assert watcher.wait() == 130
+    try:
+        code = watcher.wait()
+    except subprocess.TimeoutExpired:        # where it hangs: faulthandler prints every thread
+        os.kill(watcher.pid, signal.SIGABRT)
+        watcher.proc.wait(timeout=10)
+        time.sleep(0.5)
+        pytest.fail("the watcher did not exit after SIGINT:\n" + "\n".join(watcher.stderr))
+    assert code == 130
     assert not any("Traceback" in line for line in watcher.stderr)
 
 
