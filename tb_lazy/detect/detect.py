@@ -275,7 +275,8 @@ class _Waiter:
             again = Tree(tree.roots[0])
             if again.roots != tree.roots:
                 return _MOVED_ON  # a symlinked folder appeared meanwhile
-            _check_watched(observer, watches, again.folders, suspects)
+            _suspect(suspects, again.folders)
+            _check_watched(observer, watches, suspects)
             if found := _first_new(self.run, again.files):
                 return found
         elif nearest_existing(self.logdir) != anchor:
@@ -288,11 +289,11 @@ class _Waiter:
             changed, folders = self.handler.take()
             if found := _first_new(self.run, changed):
                 return found
+            if tree:
+                _suspect(suspects, folders)
             now = time.monotonic()
-            for folder in folders if tree else ():
-                suspects.setdefault(folder, now)
             if suspects and now >= next_check and now - min(suspects.values()) >= WATCH_CHECK_DELAY:
-                _check_watched(observer, watches, [], suspects)
+                _check_watched(observer, watches, suspects)
                 next_check = now + WATCH_CHECK_DELAY
             if self.handler.moved_on or self._relinked(anchor):
                 return _MOVED_ON
@@ -337,16 +338,20 @@ WATCH_GRACE = 2.0  # seconds a folder may stay unwatched before it counts as mis
 WATCH_CHECK_DELAY = 0.25
 
 
-def _check_watched(
-    observer: BaseObserver, watches: list[ObservedWatch], folders: list[str], suspects: dict[str, float]
-) -> None:
-    """Raise InotifyShort if a folder of ``folders`` (or of earlier ``suspects``) stays unwatched
-    (watch limit reached). We may hear of a new folder — from our scan, or from watchdog's
-    made-up events for a tree created at once — before watchdog has handled its creation, which
-    is when it watches it: a folder counts as missed only after ``WATCH_GRACE`` seconds."""
+def _suspect(suspects: dict[str, float], folders: list[str]) -> None:
+    """Note ``folders`` as not yet seen watched, from now (a folder already noted keeps its time)."""
     now = time.monotonic()
     for folder in folders:
         suspects.setdefault(folder, now)
+
+
+def _check_watched(observer: BaseObserver, watches: list[ObservedWatch], suspects: dict[str, float]) -> None:
+    """Drop the ``suspects`` inotify now watches (or that are gone); raise InotifyShort if one
+    stays unwatched (watch limit reached). We may hear of a new folder — from our scan, or from
+    watchdog's made-up events for a tree created at once — before watchdog has handled its
+    creation, which is when it watches it: a folder counts as missed only after ``WATCH_GRACE``
+    seconds."""
+    now = time.monotonic()
     for watch in watches:
         mine = [folder for folder in suspects if _inside(folder, watch.path)]
         missed = unwatched(observer, watch, mine)
