@@ -233,6 +233,10 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
         pending_real = 0
         return new
 
+    def logs_at(step: int) -> bool:
+        """Whether the step that ends at ``step`` is logged."""
+        return step % cfg.log_interval == 0 or step >= total
+
     log.describe(_run_description(cfg, model))
     epoch_before = pos.epoch
     model.train()
@@ -240,14 +244,13 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
         # ---- one optimizer step: accum micro-batches, the last one updates ----
         lr = lr_of(pos.step, total=total)
         optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
-        logs = (pos.step + 1) % cfg.log_interval == 0 or pos.step + 1 >= total   # (as below)
         grad_acc = None
         for micro in range(accum):
             host = next(batches)
             pending_real += int(host.pop("real_tokens").sum())       # padding excluded
             batch = {k: mx.array(v) for k, v in host.items()}
             loss, ntoks, metrics, grad_norm, grad_acc = step(batch, grad_acc, micro == accum - 1,
-                                                             norm=logs)
+                                                             norm=logs_at(pos.step + 1))
             win_loss = win_loss + loss
             win_trained = win_trained + ntoks                    # loss-bearing targets
             win_metrics = {k: win_metrics.get(k, 0.0) + v for k, v in metrics.items()}
@@ -260,7 +263,7 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
         last = pos.step >= total
 
         # ---- log ----
-        if pos.step % cfg.log_interval == 0 or last:
+        if logs_at(pos.step):
             if world.size > 1:     # global figures: mean loss and metrics, summed tokens
                 reduced = world.mean({"train/loss": win_loss, **win_metrics})
                 win_loss = reduced.pop("train/loss")
@@ -285,7 +288,7 @@ def fit(*, model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, data: 
                             if k.startswith("dpo/"))
             report(f"[{cfg.task}] step {pos.step}/{total} | loss {values['train/loss']:.4f}{extra}"
                    f" | lr {lr:.2e}"
-                   + (f" | grad {grad_norm.item():.2f}" if grad_norm is not None else "") +
+                   + (f" | grad {values['train/grad_norm']:.2f}" if "train/grad_norm" in values else "") +
                    f" | {values['train/tokens_per_sec']:,.0f} tok/s (real)"
                    f" | {values['train/trained_tokens_per_sec']:,.0f} tok/s (trained)"
                    f" | ETA {_fmt_time(eta)}")
