@@ -206,12 +206,12 @@ def profile_step(*, preset: str, shapes: list[tuple[int, int]], reps: int) -> No
     import mlx.core as mx
     import mlx.optimizers as optim
     import numpy as np
-    from mlx.utils import tree_flatten, tree_map
+    from mlx.utils import tree_map
 
     from mlx_train.config import PRESETS
     from mlx_train.model import build_model, count_params, model_config
     from mlx_train.stages import lm_loss
-    from mlx_train.step import make_step, split_update
+    from mlx_train.step import global_norm, make_step, split_update
 
     dims = dict(PRESETS[preset])
     vocab = dims.pop("vocab_size")
@@ -245,9 +245,7 @@ def profile_step(*, preset: str, shapes: list[tuple[int, int]], reps: int) -> No
     def one_update(g):
         optimizer.update(model, g)
 
-    @mx.compile
-    def grad_norm(g):
-        return mx.sqrt(sum(mx.square(x).sum() for _, x in tree_flatten(g)))
+    grad_norm = mx.compile(global_norm)
 
     two, one, norm = medians(lambda: (split(grads, mx.array(1.0)), model.state, optimizer.state)[1:],
                              lambda: (one_update(grads), model.state, optimizer.state)[1:],

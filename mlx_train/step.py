@@ -27,7 +27,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_train.distributed import SINGLE, World
 from mlx_train.stages import LossFn
 
-__all__ = ["make_step", "split_update"]
+__all__ = ["global_norm", "make_step", "split_update"]
 
 
 def _leaf(tree: Any, key: str) -> Any:
@@ -35,6 +35,11 @@ def _leaf(tree: Any, key: str) -> Any:
     for part in key.split("."):
         tree = tree[int(part)] if isinstance(tree, list) else tree[part]
     return tree
+
+
+def global_norm(grads: Any) -> mx.array:
+    """The L2 norm of every gradient in the tree together (what ``optim.clip_grad_norm`` clips)."""
+    return mx.sqrt(sum(mx.square(g).sum() for _, g in tree_flatten(grads)))
 
 
 @lru_cache(maxsize=None)
@@ -106,7 +111,7 @@ def make_step(model: nn.Module, optimizer: optim.Optimizer, loss_fn: LossFn, *,
             grad = nn.average_gradients(grad, group=world.group)
         if not norm:
             return loss, ntoks, metrics, grad, None, mx.array(1.0)
-        total = mx.sqrt(sum(mx.square(g).sum() for _, g in tree_flatten(grad)))
+        total = global_norm(grad)
         # optim.clip_grad_norm's rule, applied inside the update
         scale = mx.minimum(grad_clip / (total + 1e-6), 1.0) if grad_clip > 0 else mx.array(1.0)
         return loss, ntoks, metrics, grad, total, scale
